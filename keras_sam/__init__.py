@@ -1,0 +1,8 @@
+"""keras-sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow."""
+
+from keras_sam.perturbation import perturbation
+from keras_sam.sam_model import SAMModel
+
+__version__ = "0.1.0"
+
+__all__ = ["SAMModel", "perturbation", "__version__"]

@@ -1,0 +1,389 @@
+"""`SAMModel`: a `keras.Model` whose `fit` runs Sharpness-Aware Minimization.
+
+One training step, for each piece of the batch (one piece unless
+`num_batch_splits > 1`):
+
+1. the clean pass at w, exactly Keras's own step: forward with
+   `training=True`, `compute_loss` (with `model.losses`), `scale_loss`, the
+   gradient g. It updates BatchNorm statistics, metrics and the loss tracker;
+2. the ascent ε̂ from g (`keras_sam.perturbation`);
+3. the perturbed pass at w + ε̂, inside a `keras.StatelessScope` that reads
+   every trainable variable as w + ε̂ without assigning it. Its state updates
+   (BatchNorm, per-output loss trackers) are captured and dropped; only the
+   dropout seed state is written back, so random masks keep advancing;
+4. the optimizer applies the perturbed gradient to w. The weights are never
+   assigned w + ε̂, so w is exactly the w of pass 1, bit for bit.
+
+Variants change one hook each: `_ascent` (the ε̂ rule), `_descent_direction`
+(how the two gradients combine) or `_sam_gradients` (which passes run).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras.src.losses.loss import unscale_loss_for_distribution
+from keras.src.trainers.data_adapters.data_adapter_utils import (
+    unpack_x_y_sample_weight,
+)
+
+from keras_sam import _validation as check
+from keras_sam.perturbation import perturbation, validate_p
+
+__all__ = ["SAMModel"]
+
+
+def _first_tensor(structure):
+    return next(t for t in tf.nest.flatten(structure) if t is not None)
+
+
+def _slice_rows(structure, start, stop):
+    return tf.nest.map_structure(
+        lambda t: None if t is None else t[start:stop], structure
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class SAMModel(keras.Model):
+    """Wraps a Keras model so that `fit` trains it with SAM.
+
+    `predict`, `evaluate`, `__call__`, `summary` and `export` are the base
+    model's; only `fit` changes. Works with any Keras optimizer, loss, metric,
+    callback, `jit_compile`, and `tf.distribute` strategy.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_sam import SAMModel
+    >>> base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> model = SAMModel(base, rho=0.05)
+    >>> model.compile(optimizer=keras.optimizers.SGD(0.1),
+    ...               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    >>> x, y = np.ones((8, 4), "float32"), np.zeros((8,), "int32")
+    >>> history = model.fit(x, y, epochs=2, verbose=0)
+    >>> sorted(history.history)
+    ['accuracy', 'loss', 'sharpness']
+
+    Args:
+        base_model: the `keras.Model` to train (Sequential, functional or
+            subclassed). Available as `.base_model`.
+        rho: neighbourhood radius ρ, a float >= 0 or a
+            `keras.optimizers.schedules.LearningRateSchedule` evaluated at the
+            optimizer's iteration. `rho=0` is the base optimizer's plain step.
+            Settable during training (`model.rho = 0.1`) without retracing.
+            Defaults to `0.05`.
+        p: norm of the ball, 1 < p <= inf; `float("inf")` is sign ascent.
+            Defaults to `2`.
+        adaptive: ASAM's scale-invariant ball (use a rho about 10x SAM's).
+            Defaults to `False`.
+        eta: ASAM's η in T_w = |w| + η. Defaults to `0.01`.
+        num_batch_splits: m-sharpness: cut each replica's batch into this many
+            contiguous pieces, each with its own ε̂. Defaults to `1`.
+        sync_perturbation: under a `tf.distribute` strategy, all-reduce the
+            first gradient so every replica uses the same ε̂ (the run equals a
+            single-device run on the global batch). Defaults to `False`: each
+            replica perturbs with its own gradient, as in the SAM paper.
+        skip_nonfinite: when the step's gradient or loss is not finite, skip it
+            entirely (weights, optimizer state, iteration count and BatchNorm
+            statistics unchanged) and count it in the `skipped_steps` log.
+            Defaults to `False`, which behaves as plain Keras.
+        eps: added to the gradient norm. Defaults to `1e-12`.
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Reference:
+        Foret et al., "Sharpness-Aware Minimization for Efficiently Improving
+        Generalization", ICLR 2021. Kwon et al., "ASAM: Adaptive
+        Sharpness-Aware Minimization for Scale-Invariant Learning of Deep
+        Neural Networks", ICML 2021.
+    """
+
+    def __init__(
+        self,
+        base_model: keras.Model,
+        rho=0.05,
+        *,
+        p: float = 2,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        num_batch_splits: int = 1,
+        sync_perturbation: bool = False,
+        skip_nonfinite: bool = False,
+        eps: float = 1e-12,
+        **kwargs,
+    ):
+        check.check_base_model(base_model)
+        rho = check.check_rho(rho)
+        self._ascent_options = dict(
+            p=validate_p(p),
+            adaptive=check.check_bool("adaptive", adaptive),
+            eta=check.check_real("eta", eta, minimum=0.0),
+            eps=check.check_real("eps", eps, minimum=0.0, exclusive_minimum=True),
+        )
+        num_batch_splits = check.check_int("num_batch_splits", num_batch_splits, minimum=1)
+        sync_perturbation = check.check_bool("sync_perturbation", sync_perturbation)
+        skip_nonfinite = check.check_bool("skip_nonfinite", skip_nonfinite)
+        # The wrapper takes the base's dtype policy, so that `compile` wraps the
+        # optimizer in a LossScaleOptimizer exactly when the base is
+        # mixed_float16.
+        kwargs.setdefault("dtype", base_model.dtype_policy)
+        super().__init__(**kwargs)
+        self.base_model = base_model
+        self.num_batch_splits = num_batch_splits
+        self.sync_perturbation = sync_perturbation
+        self.skip_nonfinite = skip_nonfinite
+        self._rho_schedule = rho if not isinstance(rho, float) else None
+        self._rho_variable = keras.Variable(
+            0.0 if self._rho_schedule else rho,
+            trainable=False,
+            dtype="float32",
+            name="rho",
+        )
+        # Kept out of `self.metrics` (see the `metrics` property), so that
+        # `evaluate` and validation logs never show a stale sharpness.
+        self._sharpness_tracker = keras.metrics.Mean(name="sharpness")
+        self._skipped_steps = keras.Variable(
+            0, trainable=False, dtype="int64", name="skipped_steps"
+        )
+
+    # ------------------------------------------------------------------ api
+    @property
+    def rho(self):
+        """ρ: a float, or the schedule given at construction."""
+        if self._rho_schedule is not None:
+            return self._rho_schedule
+        return float(self._rho_variable.numpy())
+
+    @rho.setter
+    def rho(self, value):
+        value = check.check_rho(value)
+        if isinstance(value, float) and self._rho_schedule is None:
+            self._rho_variable.assign(value)
+            return
+        raise check.InvalidArgumentError(
+            "`rho` can only be changed between floats during training (the "
+            "train function would have to be rebuilt for a schedule). "
+            f"Received: rho={value!r}; current rho={self.rho!r}."
+        )
+
+    @property
+    def p(self) -> float:
+        return self._ascent_options["p"]
+
+    @property
+    def adaptive(self) -> bool:
+        return self._ascent_options["adaptive"]
+
+    @property
+    def eta(self) -> float:
+        return self._ascent_options["eta"]
+
+    @property
+    def eps(self) -> float:
+        return self._ascent_options["eps"]
+
+    def call(self, inputs, training=None):
+        return self.base_model(inputs, training=training)
+
+    def summary(self, *args, **kwargs):
+        return self.base_model.summary(*args, **kwargs)
+
+    def export(self, filepath, *args, **kwargs):
+        """Exports the base model's inference (no SAM state) as a SavedModel."""
+        return self.base_model.export(filepath, *args, **kwargs)
+
+    @property
+    def metrics(self):
+        return [m for m in super().metrics if m is not self._sharpness_tracker]
+
+    def reset_metrics(self):
+        super().reset_metrics()
+        self._sharpness_tracker.reset_state()
+
+    # ------------------------------------------------------- training step
+    def train_step(self, data):
+        x, y, sample_weight = unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        if not variables:
+            raise ValueError(
+                "SAMModel has no trainable weights to train: the base model "
+                f"{self.base_model.name!r} has none (is it frozen?)."
+            )
+        gradients = None
+        for piece, weight in self._batch_pieces(x, y, sample_weight):
+            piece_gradients = self._sam_gradients(*piece, variables)
+            if weight is not None:
+                piece_gradients = [
+                    None if g is None else g * tf.cast(weight, g.dtype)
+                    for g in piece_gradients
+                ]
+            gradients = piece_gradients if gradients is None else [
+                a if b is None else (b if a is None else a + b)
+                for a, b in zip(gradients, piece_gradients)
+            ]
+        self._apply(gradients, variables)
+        logs = self.get_metrics_result()
+        logs["sharpness"] = self._sharpness_tracker.result()
+        if self.skip_nonfinite:
+            logs["skipped_steps"] = self._skipped_steps.value
+        return logs
+
+    def _batch_pieces(self, x, y, sample_weight):
+        """Yields ((x, y, sample_weight), weight) for each m-sharpness piece."""
+        k = self.num_batch_splits
+        if k == 1:
+            yield (x, y, sample_weight), None
+            return
+        rows = _first_tensor(x).shape[0]
+        if rows is not None and rows < k:
+            raise ValueError(
+                f"`num_batch_splits={k}` needs at least {k} samples per replica "
+                f"batch; got a batch of {rows}."
+            )
+        if rows is None:
+            rows = tf.shape(_first_tensor(x))[0]
+        # Contiguous pieces whose sizes differ by at most one.
+        smaller, larger_count = rows // k, rows % k
+        start = 0
+        for i in range(k):
+            size = smaller + tf.cast(i < larger_count, smaller.dtype) if tf.is_tensor(
+                smaller
+            ) else smaller + (1 if i < larger_count else 0)
+            stop = start + size
+            piece = tuple(_slice_rows(t, start, stop) for t in (x, y, sample_weight))
+            yield piece, tf.cast(size, tf.float32) / tf.cast(rows, tf.float32)
+            start = stop
+
+    def _sam_gradients(self, x, y, sample_weight, variables):
+        """The SAM gradient of one piece of the batch (scaled as for `apply`)."""
+        loss, gradients = self._clean_pass(x, y, sample_weight, variables)
+        e_hat = self._ascent(self._unscaled(gradients), variables)
+        perturbed_loss, sam_gradients = self._perturbed_pass(
+            x, y, sample_weight, variables, e_hat
+        )
+        self._track_sharpness(perturbed_loss - loss, x)
+        return self._descent_direction(gradients, sam_gradients)
+
+    def _clean_pass(self, x, y, sample_weight, variables):
+        """Keras's own forward/backward at w; returns (loss, scaled gradients)."""
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            self._loss_tracker.update_state(
+                unscale_loss_for_distribution(loss),
+                sample_weight=tf.shape(_first_tensor(x))[0],
+            )
+            if not self.optimizer.built:
+                # Built here, not inside `apply`, so that `scale_loss` reads
+                # the live loss scale rather than its initial constant.
+                self.optimizer.build(variables)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, variables)
+        self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return loss, gradients
+
+    def _perturbed_pass(self, x, y, sample_weight, variables, e_hat):
+        """Loss and scaled gradient at w + ε̂, without assigning any variable."""
+        moved = [i for i, e in enumerate(e_hat) if e is not None]
+        perturbed = [variables[i].value + e_hat[i] for i in moved]
+        mapping = [(variables[i], value) for i, value in zip(moved, perturbed)]
+        seed_states = self._seed_states()
+        with tf.GradientTape() as tape:
+            tape.watch(perturbed)
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+                y_pred = self(x, training=True)
+                loss = self._compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                )
+            scaled_loss = self.optimizer.scale_loss(loss)
+        moved_gradients = tape.gradient(scaled_loss, perturbed)
+        # Keep the random masks advancing; drop every other captured update.
+        for state in seed_states:
+            new_value = scope.get_current_value(state)
+            if new_value is not None:
+                state.assign(new_value)
+        gradients = [None] * len(variables)
+        for i, g in zip(moved, moved_gradients):
+            gradients[i] = g
+        return loss, gradients
+
+    def _seed_states(self):
+        return [
+            generator.state
+            for layer in self._flatten_layers()
+            for generator in getattr(layer, "_seed_generators", [])
+        ]
+
+    # -------------------------------------------------------------- hooks
+    def _current_rho(self):
+        if self._rho_schedule is not None:
+            return tf.cast(self._rho_schedule(self.optimizer.iterations), tf.float32)
+        return self._rho_variable.value
+
+    def _ascent(self, gradients, variables):
+        """ε̂ from the unscaled clean gradient; all-reduced first if synced."""
+        if self.sync_perturbation:
+            gradients = self._all_reduce_sum(gradients)
+        values = [v.value for v in variables] if self.adaptive else variables
+        return perturbation(gradients, values, self._current_rho(), **self._ascent_options)
+
+    def _descent_direction(self, clean_gradients, sam_gradients):
+        """The gradient handed to the optimizer; SAM uses the perturbed one."""
+        return sam_gradients
+
+    # ------------------------------------------------------------ helpers
+    def _unscaled(self, gradients):
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return gradients
+        inverse = 1.0 / self.optimizer.dynamic_scale
+        return [None if g is None else g * tf.cast(inverse, g.dtype) for g in gradients]
+
+    @staticmethod
+    def _all_reduce_sum(gradients):
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return gradients
+        present = [g for g in gradients if g is not None]
+        reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
+        return [None if g is None else next(reduced) for g in gradients]
+
+    def _track_sharpness(self, difference, x):
+        self._sharpness_tracker.update_state(
+            unscale_loss_for_distribution(difference),
+            sample_weight=tf.shape(_first_tensor(x))[0],
+        )
+
+    def _apply(self, gradients, variables):
+        self.optimizer.apply(gradients, variables)
+
+    # ------------------------------------------------------------- config
+    def get_config(self):
+        rho = self._rho_schedule if self._rho_schedule is not None else self.rho
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "base_model": keras.saving.serialize_keras_object(self.base_model),
+            "rho": keras.saving.serialize_keras_object(rho)
+            if self._rho_schedule is not None
+            else rho,
+            "p": self.p,
+            "adaptive": self.adaptive,
+            "eta": self.eta,
+            "num_batch_splits": self.num_batch_splits,
+            "sync_perturbation": self.sync_perturbation,
+            "skip_nonfinite": self.skip_nonfinite,
+            "eps": self.eps,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["base_model"] = keras.saving.deserialize_keras_object(
+            config["base_model"], custom_objects=custom_objects
+        )
+        if isinstance(config.get("rho"), dict):
+            config["rho"] = keras.saving.deserialize_keras_object(
+                config["rho"], custom_objects=custom_objects
+            )
+        return cls(**config)

@@ -1,8 +1,10 @@
 """keras-sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow."""
 
+from keras_sam.gsam import GSAMModel
+from keras_sam.looksam import LookSAMModel
 from keras_sam.perturbation import perturbation
 from keras_sam.sam_model import SAMModel
 
 __version__ = "0.1.0"
 
-__all__ = ["SAMModel", "perturbation", "__version__"]
+__all__ = ["GSAMModel", "LookSAMModel", "SAMModel", "perturbation", "__version__"]

@@ -254,14 +254,19 @@ class SAMModel(keras.Model):
             start = stop
 
     def _sam_gradients(self, x, y, sample_weight, variables):
-        """The SAM gradient of one piece of the batch (scaled as for `apply`)."""
+        """The descent gradient of one piece of the batch (scaled as for `apply`)."""
         loss, gradients = self._clean_pass(x, y, sample_weight, variables)
+        sam_gradients = self._perturbed_gradients(x, y, sample_weight, variables, loss, gradients)
+        return self._descent_direction(gradients, sam_gradients)
+
+    def _perturbed_gradients(self, x, y, sample_weight, variables, loss, gradients):
+        """Ascent from the clean gradient, then the gradient at w + ε̂."""
         e_hat = self._ascent(self._unscaled(gradients), variables)
         perturbed_loss, sam_gradients = self._perturbed_pass(
             x, y, sample_weight, variables, e_hat
         )
         self._track_sharpness(perturbed_loss - loss, x)
-        return self._descent_direction(gradients, sam_gradients)
+        return sam_gradients
 
     def _clean_pass(self, x, y, sample_weight, variables):
         """Keras's own forward/backward at w; returns (loss, scaled gradients)."""

@@ -1,0 +1,103 @@
+"""m-sharpness: how much the loss rises at SAM's first-order worst point."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_sam import _validation as check
+from keras_sam.diagnostics._common import (
+    batch_rows,
+    check_batches,
+    check_compiled_model,
+    dataset_of,
+    stateless_loss,
+    unpack,
+    weighted_mean,
+)
+from keras_sam.perturbation import perturbation, validate_p
+
+__all__ = ["sharpness"]
+
+
+def sharpness(
+    model: keras.Model,
+    data,
+    rho: float = 0.05,
+    *,
+    p: float = 2,
+    adaptive: bool = False,
+    eta: float = 0.01,
+    batches: int | None = None,
+    batch_size: int = 128,
+) -> float:
+    """The SAM paper's m-sharpness of `model` on `data`, with m the batch size.
+
+    For each batch b, the worst weights in the ρ-ball are approximated by one
+    first-order ascent step ε̂_b = `keras_sam.perturbation(∇L_b(w), w, rho)`,
+    and the sharpness is the rise of the loss there,
+
+        sharpness = mean_b [ L_b(w + ε̂_b) − L_b(w) ],
+
+    the mean weighted by batch size, as `model.evaluate` averages. L is the
+    compiled loss with `model.losses`, in inference mode (`training=False`):
+    deterministic, and no BatchNorm statistic is touched. The weights are never
+    assigned (see `keras_sam.diagnostics`).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_sam.diagnostics import sharpness
+    >>> keras.utils.set_random_seed(0)
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model.compile(loss="mse")
+    >>> x, y = np.ones((16, 3), "float32"), np.zeros((16, 1), "float32")
+    >>> value = sharpness(model, (x, y), rho=0.05)
+    >>> value > 0
+    True
+
+    Args:
+        model: a compiled `keras.Model`, plain or `SAMModel`.
+        data: a `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)`
+            batches, or such a tuple of arrays (batched by `batch_size`).
+        rho: radius ρ >= 0 of the neighbourhood. Defaults to `0.05`.
+        p: norm of the ball, 1 < p <= inf. Defaults to `2`.
+        adaptive: ASAM's scale-invariant ball. Defaults to `False`.
+        eta: ASAM's η. Defaults to `0.01`.
+        batches: use only the first `batches` batches; `None` uses all.
+            Defaults to `None`.
+        batch_size: rows per batch when `data` is arrays. Defaults to `128`.
+
+    Returns:
+        The sharpness, a Python float (>= 0 up to rounding for small ρ).
+
+    Reference:
+        Foret et al., "Sharpness-Aware Minimization for Efficiently Improving
+        Generalization", ICLR 2021, Sections 2 and 4.1 (m-sharpness).
+    """
+    model = check_compiled_model(model)
+    rho = check.check_real("rho", rho, minimum=0.0)
+    p = validate_p(p)
+    adaptive = check.check_bool("adaptive", adaptive)
+    eta = check.check_real("eta", eta, minimum=0.0)
+    dataset = dataset_of(data, batches=check_batches(batches), batch_size=batch_size)
+    variables = model.trainable_variables
+
+    @tf.function(reduce_retracing=True)
+    def rise(x, y, sample_weight):
+        weights = [v.value for v in variables]
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            loss = stateless_loss(model, x, y, sample_weight, weights)
+        gradients = tape.gradient(loss, weights)
+        e_hat = perturbation(gradients, weights, rho, p=p, adaptive=adaptive, eta=eta)
+        moved = [w if e is None else w + e for w, e in zip(weights, e_hat)]
+        perturbed_loss = stateless_loss(model, x, y, sample_weight, moved)
+        return perturbed_loss - loss, batch_rows(x)
+
+    def per_batch():
+        for batch in dataset:
+            difference, rows = rise(*unpack(batch))
+            yield difference.numpy(), rows.numpy()
+
+    return float(weighted_mean(per_batch()))

@@ -70,8 +70,12 @@ class LookSAMModel(SAMModel):
         # Created lazily, once the base model's variables exist.
         if self._reused_direction is None:
             self._reused_direction = [
-                keras.Variable(
-                    tf.zeros(v.shape, v.dtype), trainable=False, name="look_g_v"
+                self.add_weight(
+                    shape=v.shape,
+                    initializer="zeros",
+                    dtype=v.dtype,
+                    trainable=False,
+                    name="look_g_v",
                 )
                 for v in variables
             ]
@@ -110,7 +114,7 @@ class LookSAMModel(SAMModel):
         result = [None] * len(variables)
         for i, g in zip(present, chosen):
             result[i] = g
-        return result
+        return result, loss
 
     def get_config(self):
         return {**super().get_config(), "k": self.k, "alpha": self.alpha}

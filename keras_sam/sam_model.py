@@ -28,6 +28,7 @@ from keras.src.trainers.data_adapters.data_adapter_utils import (
 )
 
 from keras_sam import _validation as check
+from keras_sam import distribution
 from keras_sam.perturbation import perturbation, validate_p
 
 __all__ = ["SAMModel"]
@@ -208,9 +209,32 @@ class SAMModel(keras.Model):
                 "SAMModel has no trainable weights to train: the base model "
                 f"{self.base_model.name!r} has none (is it frozen?)."
             )
-        gradients = None
+        restorable = self._skippable_state() if self.skip_nonfinite else []
+        saved = [tf.identity(v.value) for v in restorable]
+        def compute(x, y, sample_weight):
+            return self._step_gradients(x, y, sample_weight, variables)
+
+        if self._jit_per_replica:
+            compute = tf.function(compute, jit_compile=True, autograph=False)
+        gradients, losses = compute(x, y, sample_weight)
+        finite = self._apply(gradients, variables, losses)
+        if self.skip_nonfinite:
+            # Undo the clean pass's BatchNorm update of a skipped step.
+            for variable, value in zip(restorable, saved):
+                variable.assign(tf.where(finite, variable.value, value))
+            self._skipped_steps.assign_add(tf.cast(tf.logical_not(finite), "int64"))
+        logs = self.get_metrics_result()
+        logs["sharpness"] = self._sharpness_tracker.result()
+        if self.skip_nonfinite:
+            logs["skipped_steps"] = self._skipped_steps.value
+        return logs
+
+    def _step_gradients(self, x, y, sample_weight, variables):
+        """The descent gradient of the whole batch and the pieces' clean losses."""
+        gradients, losses = None, []
         for piece, weight in self._batch_pieces(x, y, sample_weight):
-            piece_gradients = self._sam_gradients(*piece, variables)
+            piece_gradients, loss = self._sam_gradients(*piece, variables)
+            losses.append(loss)
             if weight is not None:
                 piece_gradients = [
                     None if g is None else g * tf.cast(weight, g.dtype)
@@ -220,12 +244,7 @@ class SAMModel(keras.Model):
                 a if b is None else (b if a is None else a + b)
                 for a, b in zip(gradients, piece_gradients)
             ]
-        self._apply(gradients, variables)
-        logs = self.get_metrics_result()
-        logs["sharpness"] = self._sharpness_tracker.result()
-        if self.skip_nonfinite:
-            logs["skipped_steps"] = self._skipped_steps.value
-        return logs
+        return gradients, losses
 
     def _batch_pieces(self, x, y, sample_weight):
         """Yields ((x, y, sample_weight), weight) for each m-sharpness piece."""
@@ -254,10 +273,10 @@ class SAMModel(keras.Model):
             start = stop
 
     def _sam_gradients(self, x, y, sample_weight, variables):
-        """The descent gradient of one piece of the batch (scaled as for `apply`)."""
+        """(descent gradient, clean loss) of one piece (scaled as for `apply`)."""
         loss, gradients = self._clean_pass(x, y, sample_weight, variables)
         sam_gradients = self._perturbed_gradients(x, y, sample_weight, variables, loss, gradients)
-        return self._descent_direction(gradients, sam_gradients)
+        return self._descent_direction(gradients, sam_gradients), loss
 
     def _perturbed_gradients(self, x, y, sample_weight, variables, loss, gradients):
         """Ascent from the clean gradient, then the gradient at w + ε̂."""
@@ -329,7 +348,7 @@ class SAMModel(keras.Model):
     def _ascent(self, gradients, variables):
         """ε̂ from the unscaled clean gradient; all-reduced first if synced."""
         if self.sync_perturbation:
-            gradients = self._all_reduce_sum(gradients)
+            gradients = distribution.all_reduce_sum(gradients)
         values = [v.value for v in variables] if self.adaptive else variables
         return perturbation(gradients, values, self._current_rho(), **self._ascent_options)
 
@@ -344,23 +363,62 @@ class SAMModel(keras.Model):
         inverse = 1.0 / self.optimizer.dynamic_scale
         return [None if g is None else g * tf.cast(inverse, g.dtype) for g in gradients]
 
-    @staticmethod
-    def _all_reduce_sum(gradients):
-        context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync == 1:
-            return gradients
-        present = [g for g in gradients if g is not None]
-        reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
-        return [None if g is None else next(reduced) for g in gradients]
-
     def _track_sharpness(self, difference, x):
         self._sharpness_tracker.update_state(
             unscale_loss_for_distribution(difference),
             sample_weight=tf.shape(_first_tensor(x))[0],
         )
 
-    def _apply(self, gradients, variables):
-        self.optimizer.apply(gradients, variables)
+    def _apply(self, gradients, variables, losses):
+        """Applies the step; returns whether it was finite on every replica."""
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        distributed = distribution.num_replicas() > 1
+        if not (self.skip_nonfinite or (loss_scaled and distributed)):
+            self.optimizer.apply(gradients, variables)
+            return tf.constant(True)
+        finite = distribution.all_replicas_finite(gradients + losses)
+        if loss_scaled:
+            # The LossScaleOptimizer skips and lowers its scale by itself, but
+            # under a strategy it only looks at replica 0's gradient: make
+            # every replica's gradient non-finite when any replica's is.
+            if distributed:
+                gradients = distribution.poison_unless(finite, gradients)
+            self.optimizer.apply(gradients, variables)
+        else:
+            distribution.apply_if(finite, self.optimizer, gradients, variables)
+        return finite
+
+    def _skippable_state(self):
+        """Non-trainable variables a skipped step must leave untouched."""
+        excluded = {id(s) for s in self._seed_states()}
+        excluded.update(id(v) for v in (self._rho_variable, self._skipped_steps))
+        return [v for v in self.non_trainable_variables if id(v) not in excluded]
+
+    @property
+    def _jit_per_replica(self) -> bool:
+        return bool(getattr(self, "_xla_inside_replicas", False))
+
+    def make_train_function(self, force=False):
+        """Under a multi-replica strategy, XLA-compiles each replica's passes.
+
+        Keras 3 cannot run a `jit_compile=True` train function under
+        `MirroredStrategy` ("Trying to access resource ... replica_1"). Here
+        the outer step runs as a plain `tf.function` and the two passes of
+        each replica (everything but the optimizer's cross-replica update)
+        are compiled with XLA instead.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        jit_compile = self.jit_compile
+        self._xla_inside_replicas = bool(jit_compile) and distribution.num_replicas(
+            self.distribute_strategy
+        ) > 1
+        if self._xla_inside_replicas:
+            self.jit_compile = False
+        try:
+            return super().make_train_function(force)
+        finally:
+            self.jit_compile = jit_compile
 
     # ------------------------------------------------------------- config
     def get_config(self):

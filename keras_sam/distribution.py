@@ -1,0 +1,83 @@
+"""Replica-context helpers for running a SAM step under `tf.distribute`.
+
+Everything here is called from inside a replica function (`strategy.run`), or
+from a single-device step where it reduces to the obvious operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+__all__ = ["all_reduce_sum", "all_replicas_finite", "apply_if", "num_replicas", "poison_unless"]
+
+
+def num_replicas(strategy: tf.distribute.Strategy | None = None) -> int:
+    """Replicas in sync for `strategy`, or for the current replica context."""
+    if strategy is not None:
+        return strategy.num_replicas_in_sync
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        return tf.distribute.get_strategy().num_replicas_in_sync
+    return context.num_replicas_in_sync
+
+
+def all_reduce_sum(tensors: Sequence[tf.Tensor | None]) -> list[tf.Tensor | None]:
+    """Sums `tensors` over replicas (Nones stay None); identity on one replica."""
+    tensors = list(tensors)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tensors
+    present = [t for t in tensors if t is not None]
+    reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
+    return [None if t is None else next(reduced) for t in tensors]
+
+
+def all_replicas_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
+    """True on every replica iff every tensor on every replica is finite."""
+    checks = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
+    finite = tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return finite
+    failures = context.all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32)
+    )
+    return tf.equal(failures, 0.0)
+
+
+def poison_unless(finite: tf.Tensor, gradients: Sequence[tf.Tensor | None]) -> list:
+    """Gradients unchanged when `finite`, else all NaN (for a loss scaler)."""
+    return [
+        None if g is None else g * tf.where(finite, tf.ones((), g.dtype), tf.fill((), float("nan")))
+        for g in gradients
+    ]
+
+
+def apply_if(finite: tf.Tensor, optimizer, gradients, variables) -> None:
+    """`optimizer.apply(gradients, variables)` only when `finite`.
+
+    A plain `tf.cond` around `apply` fails under `MirroredStrategy` (apply calls
+    `merge_call`), so there the condition is taken in cross-replica context, as
+    Keras's `LossScaleOptimizer` does.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1 or (
+        tf.__internal__.distribute.strategy_supports_no_merge_call()
+    ):
+        tf.cond(finite, lambda: optimizer.apply(gradients, variables), lambda: None)
+        return
+
+    def cross_replica(strategy, gradients, finite):
+        # Every replica computed the same all-reduced flag: take the first.
+        agreed = strategy.experimental_local_results(finite)[0]
+
+        def apply_on_every_replica():
+            strategy.extended.call_for_each_replica(
+                optimizer.apply, args=(gradients, variables)
+            )
+
+        tf.cond(agreed, apply_on_every_replica, lambda: None)
+
+    context.merge_call(cross_replica, args=(gradients, finite))

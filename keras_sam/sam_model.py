@@ -20,6 +20,8 @@ Variants change one hook each: `_ascent` (the ε̂ rule), `_descent_direction`
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution
@@ -401,7 +403,7 @@ class SAMModel(keras.Model):
     def make_train_function(self, force=False):
         """Under a multi-replica strategy, XLA-compiles each replica's passes.
 
-        Keras 3 cannot run a `jit_compile=True` train function under
+        Keras 3 cannot run a `jit_compile=True` function under
         `MirroredStrategy` ("Trying to access resource ... replica_1"). Here
         the outer step runs as a plain `tf.function` and the two passes of
         each replica (everything but the optimizer's cross-replica update)
@@ -409,14 +411,33 @@ class SAMModel(keras.Model):
         """
         if self.train_function is not None and not force:
             return self.train_function
+        self._xla_inside_replicas = self._multi_replica_jit()
+        with self._outer_jit_off(self._xla_inside_replicas):
+            return super().make_train_function(force)
+
+    def make_test_function(self, force=False):
+        if self.test_function is not None and not force:
+            return self.test_function
+        with self._outer_jit_off(self._multi_replica_jit()):
+            return super().make_test_function(force)
+
+    def make_predict_function(self, force=False):
+        if self.predict_function is not None and not force:
+            return self.predict_function
+        with self._outer_jit_off(self._multi_replica_jit()):
+            return super().make_predict_function(force)
+
+    def _multi_replica_jit(self) -> bool:
+        replicas = distribution.num_replicas(self.distribute_strategy)
+        return bool(self.jit_compile) and replicas > 1
+
+    @contextlib.contextmanager
+    def _outer_jit_off(self, off: bool):
         jit_compile = self.jit_compile
-        self._xla_inside_replicas = bool(jit_compile) and distribution.num_replicas(
-            self.distribute_strategy
-        ) > 1
-        if self._xla_inside_replicas:
+        if off:
             self.jit_compile = False
         try:
-            return super().make_train_function(force)
+            yield
         finally:
             self.jit_compile = jit_compile
 

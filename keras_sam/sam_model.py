@@ -411,6 +411,12 @@ class SAMModel(keras.Model):
         """
         if self.train_function is not None and not force:
             return self.train_function
+        if not self.optimizer.built and self.trainable_variables:
+            # Built eagerly, outside the trace: an optimizer whose `build`
+            # assigns values (ScheduleFreeAdamW copies the weights) loses them
+            # when built inside a traced step.
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
         self._xla_inside_replicas = self._multi_replica_jit()
         with self._outer_jit_off(self._xla_inside_replicas):
             return super().make_train_function(force)

@@ -31,7 +31,7 @@ Example:
 >>> batch = (np.array([[1.0, 0.0]]), np.array([[0.0]]), None)
 >>> step = sam_step(objective, w, batch, rho=0.1)
 >>> round(step.loss, 6), round(step.perturbed_loss, 6)
-(1.0, 1.188397)
+(1.0, 1.302843)
 """
 
 from __future__ import annotations
@@ -131,9 +131,11 @@ def make_objective(
         params = [np.asarray(p, np.float64) for p in params]
         outputs, cache = network.forward(params, np.asarray(x, np.float64))
         per_sample, d_per_sample = loss(outputs, np.asarray(y, np.float64))
-        weights = np.ones(len(per_sample)) if sample_weight is None else np.asarray(
-            sample_weight, np.float64
-        ).reshape(-1)
+        weights = (
+            np.ones(len(per_sample))
+            if sample_weight is None
+            else np.asarray(sample_weight, np.float64).reshape(-1)
+        )
         size = len(per_sample)
         value = float((weights * per_sample).sum() / size)
         d_outputs = d_per_sample * (weights / size)[:, None]
@@ -142,20 +144,6 @@ def make_objective(
             value += l2 * float((params[i] ** 2).sum())
             gradients[i] = gradients[i] + 2.0 * l2 * params[i]
         return value, gradients
-
-    return objective
-
-
-def weighted_sum(*terms: tuple[float, Callable]) -> Callable:
-    """The objective Σ weight·objective, e.g. the total loss of several outputs."""
-
-    def objective(params, batch):
-        total, gradients = 0.0, [np.zeros_like(np.asarray(p, np.float64)) for p in params]
-        for weight, term in terms:
-            value, term_gradients = term(params, batch)
-            total += weight * value
-            gradients = [g + weight * t for g, t in zip(gradients, term_gradients)]
-        return total, gradients
 
     return objective
 

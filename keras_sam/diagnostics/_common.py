@@ -9,7 +9,8 @@ scope and dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 
 import keras
 import numpy as np
@@ -23,6 +24,9 @@ __all__ = [
     "check_compiled_model",
     "dataset_of",
     "stateless_loss",
+    "traced_for_model",
+    "traced_per_dataset",
+    "unpack",
     "weighted_mean",
 ]
 
@@ -67,7 +71,9 @@ def dataset_of(data, *, batches: int | None, batch_size: int) -> tf.data.Dataset
     if isinstance(data, tf.data.Dataset):
         dataset = data
     elif isinstance(data, (tuple, list)) and len(data) in (2, 3):
-        dataset = tf.data.Dataset.from_tensor_slices(tuple(data)).batch(batch_size)
+        # A list of input arrays is several inputs, not one stacked array.
+        parts = tuple(tuple(part) if isinstance(part, list) else part for part in data)
+        dataset = tf.data.Dataset.from_tensor_slices(parts).batch(batch_size)
     else:
         raise check.InvalidArgumentError(
             "`data` must be a `tf.data.Dataset` of (x, y) or (x, y, sample_weight) "
@@ -96,13 +102,60 @@ def batch_rows(x) -> tf.Tensor:
     return tf.shape(first)[0]
 
 
+# model -> {key: (signature objects, built value)}; weak, so no model is kept.
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def traced_for_model(model: keras.Model, key: tuple, build: Callable) -> Callable:
+    """`build(model_proxy)`, made once per model and `key` and then reused.
+
+    Like Keras's own `model.predict_function`, the traced graphs are kept
+    until the model is recompiled (or its trainable variables change), so
+    repeated measurements (every epoch, a sweep over rho) trace only once.
+    `build` receives a weak proxy of the model, so the cache never keeps a
+    model alive.
+    """
+    # Held (not just their ids) so that an id cannot be reused while cached.
+    signature = (model._compile_loss, *model.trainable_variables)
+    cache = _TRACED.setdefault(model, {})
+    held = cache.get(key)
+    if held is None or not _identical(held[0], signature):
+        held = cache[key] = (signature, build(weakref.proxy(model)))
+    return held[1]
+
+
+def _identical(a: Sequence, b: Sequence) -> bool:
+    # `is`, not `==`: a Keras variable compares elementwise.
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def traced_per_dataset(function: Callable, *extra_signature) -> Callable:
+    """`function(batch, *extra)` under `tf.function`, traced once per dataset.
+
+    The input signature is the dataset's `element_spec`, whose batch size is
+    free, so a last partial batch reuses the graph instead of retracing.
+    Returns `for_dataset(dataset)`, which gives the traced function.
+    """
+    traced: dict[str, Callable] = {}
+
+    def for_dataset(dataset: tf.data.Dataset) -> Callable:
+        key = str(dataset.element_spec)
+        if key not in traced:
+            traced[key] = tf.function(
+                function, input_signature=[dataset.element_spec, *extra_signature]
+            )
+        return traced[key]
+
+    return for_dataset
+
+
 def stateless_loss(model: keras.Model, x, y, sample_weight, values: Sequence) -> tf.Tensor:
     """The compiled loss (with `model.losses`) in inference mode at `values`.
 
     `values[i]` stands in for `model.trainable_variables[i]`; nothing is
     assigned. This is the loss `model.evaluate` computes, batch by batch.
     """
-    mapping = list(zip(model.trainable_variables, values))
+    mapping = list(zip(model.trainable_variables, values, strict=True))
     with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
         y_pred = model(x, training=False)
         # `_compute_loss` is what `evaluate` calls: it also serves

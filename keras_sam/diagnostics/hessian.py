@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -13,6 +15,8 @@ from keras_sam.diagnostics._common import (
     check_compiled_model,
     dataset_of,
     stateless_loss,
+    traced_for_model,
+    traced_per_dataset,
     unpack,
 )
 
@@ -20,7 +24,7 @@ __all__ = ["hessian_eigenvalues"]
 
 
 def _dot(a, b) -> tf.Tensor:
-    return tf.add_n([tf.reduce_sum(u * v) for u, v in zip(a, b)])
+    return tf.add_n([tf.reduce_sum(u * v) for u, v in zip(a, b, strict=True)])
 
 
 def _normalized(vector):
@@ -32,7 +36,7 @@ def _project_out(vector, basis):
     """`vector` minus its components along the orthonormal `basis` vectors."""
     for u in basis:
         coefficient = _dot(u, vector)
-        vector = [v - coefficient * b for v, b in zip(vector, u)]
+        vector = [v - coefficient * b for v, b in zip(vector, u, strict=True)]
     return vector
 
 
@@ -52,7 +56,8 @@ def hessian_eigenvalues(
     with respect to the trainable weights, averaged over the batches used
     (weighted by batch size), is never formed: each power-iteration step needs
     only the product Hv, computed exactly by double backpropagation (the
-    gradient of ∇L·v), in float32 under `tf.function`. Eigenvalue j is found by
+    gradient of ∇L·v), in float32 under `tf.function` (traced once per model
+    and kept with it, like `model.predict_function`). Eigenvalue j is found by
     `iterations` steps of power iteration on H restricted to the orthogonal
     complement of eigenvectors 1..j-1 (deflation), from a fixed random start,
     and is the Rayleigh quotient vᵀHv of the last iterate.
@@ -101,12 +106,53 @@ def hessian_eigenvalues(
     size = sum(int(np.prod(v.shape)) for v in variables)
     if k > size:
         raise check.InvalidArgumentError(
-            f"`k` must be at most the number of trainable weights ({size}). "
-            f"Received: k={k}."
+            f"`k` must be at most the number of trainable weights ({size}). Received: k={k}."
         )
+    hvp_of = traced_for_model(model, ("hessian_vector_product",), _traced_hvp)(dataset)
 
-    @tf.function(reduce_retracing=True)
-    def batch_hvp(x, y, sample_weight, vector):
+    def hvp(vector):
+        """Hv for the batch-size-weighted mean of the batches' Hessians."""
+        total, count = [tf.zeros_like(v) for v in vector], 0
+        for batch in dataset:
+            products, rows = hvp_of(batch, vector)
+            rows = int(rows)
+            total = [t + h * rows for t, h in zip(total, products, strict=True)]
+            count += rows
+        if count == 0:
+            raise ValueError("`data` yielded no batches: there is nothing to measure.")
+        return [t / count for t in total]
+
+    return _top_eigenvalues(hvp, [v.shape for v in variables], k, iterations, seed)
+
+
+def _top_eigenvalues(hvp: Callable, shapes: list, k: int, iterations: int, seed: int):
+    """Power iteration with deflation on the symmetric operator `hvp`."""
+    eigenvalues, eigenvectors = [], []
+    for j in range(k):
+        vector = [
+            tf.random.stateless_normal(shape, seed=[seed, j * len(shapes) + i])
+            for i, shape in enumerate(shapes)
+        ]
+        vector, _ = _normalized(_project_out(vector, eigenvectors))
+        eigenvalue = tf.constant(0.0)
+        for _ in range(iterations):
+            product = _project_out(hvp(vector), eigenvectors)
+            eigenvalue = _dot(vector, product)  # the Rayleigh quotient vᵀHv
+            next_vector, norm = _normalized(product)
+            if not norm > 0:  # H is zero on what is left: the rest are 0.
+                break
+            vector = next_vector
+        eigenvalues.append(float(eigenvalue))
+        eigenvectors.append(vector)
+    return sorted(eigenvalues, reverse=True)
+
+
+def _traced_hvp(model: keras.Model) -> Callable:
+    """(Hv, rows) of one batch by double backpropagation, traced per dataset."""
+    variables = model.trainable_variables
+
+    def batch_hvp(batch, vector):
+        x, y, sample_weight = unpack(batch)
         weights = [v.value for v in variables]
         with tf.GradientTape() as outer:
             outer.watch(weights)
@@ -116,41 +162,10 @@ def hessian_eigenvalues(
             gradients = inner.gradient(
                 loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
-            gradient_dot_vector = _dot(
-                [tf.cast(g, tf.float32) for g in gradients], vector
-            )
+            gradient_dot_vector = _dot([tf.cast(g, tf.float32) for g in gradients], vector)
         products = outer.gradient(
             gradient_dot_vector, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
         return [tf.cast(h, tf.float32) for h in products], batch_rows(x)
 
-    def hvp(vector):
-        """Hv for the batch-size-weighted mean of the batches' Hessians."""
-        total, count = [tf.zeros_like(v) for v in vector], 0
-        for batch in dataset:
-            products, rows = batch_hvp(*unpack(batch), vector)
-            rows = int(rows)
-            total = [t + h * rows for t, h in zip(total, products)]
-            count += rows
-        if count == 0:
-            raise ValueError("`data` yielded no batches: there is nothing to measure.")
-        return [t / count for t in total]
-
-    eigenvalues, eigenvectors = [], []
-    for j in range(k):
-        vector = [
-            tf.random.stateless_normal(v.shape, seed=[seed, j * len(variables) + i])
-            for i, v in enumerate(variables)
-        ]
-        vector, _ = _normalized(_project_out(vector, eigenvectors))
-        eigenvalue = tf.constant(0.0)
-        for _ in range(iterations):
-            product = _project_out(hvp(vector), eigenvectors)
-            eigenvalue = _dot(vector, product)
-            next_vector, norm = _normalized(product)
-            if not norm > 0:  # H is zero on what is left: the rest are 0.
-                break
-            vector = next_vector
-        eigenvalues.append(float(eigenvalue))
-        eigenvectors.append(vector)
-    return sorted(eigenvalues, reverse=True)
+    return traced_per_dataset(batch_hvp, [tf.TensorSpec(v.shape, tf.float32) for v in variables])

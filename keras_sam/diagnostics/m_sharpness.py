@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import tensorflow as tf
 
@@ -12,6 +14,8 @@ from keras_sam.diagnostics._common import (
     check_compiled_model,
     dataset_of,
     stateless_loss,
+    traced_for_model,
+    traced_per_dataset,
     unpack,
     weighted_mean,
 )
@@ -42,7 +46,8 @@ def sharpness(
     the mean weighted by batch size, as `model.evaluate` averages. L is the
     compiled loss with `model.losses`, in inference mode (`training=False`):
     deterministic, and no BatchNorm statistic is touched. The weights are never
-    assigned (see `keras_sam.diagnostics`).
+    assigned (see `keras_sam.diagnostics`). The traced graph is kept with the
+    model, so that repeated calls (a sweep over `rho`) trace only once.
 
     Example:
 
@@ -69,7 +74,8 @@ def sharpness(
         batch_size: rows per batch when `data` is arrays. Defaults to `128`.
 
     Returns:
-        The sharpness, a Python float (>= 0 up to rounding for small ρ).
+        The sharpness, a Python float; positive near a minimum, it can be
+        negative where the loss curves down along ε̂.
 
     Reference:
         Foret et al., "Sharpness-Aware Minimization for Efficiently Improving
@@ -81,23 +87,28 @@ def sharpness(
     adaptive = check.check_bool("adaptive", adaptive)
     eta = check.check_real("eta", eta, minimum=0.0)
     dataset = dataset_of(data, batches=check_batches(batches), batch_size=batch_size)
+    rise_of = traced_for_model(
+        model, ("sharpness", p, adaptive, eta), lambda m: _traced_rise(m, p, adaptive, eta)
+    )(dataset)
+    rho = tf.constant(rho, tf.float32)  # an argument: a sweep over rho traces once
+    rises = ((d.numpy(), n.numpy()) for d, n in (rise_of(b, rho) for b in dataset))
+    return float(weighted_mean(rises))
+
+
+def _traced_rise(model: keras.Model, p: float, adaptive: bool, eta: float) -> Callable:
+    """(L_b(w + ε̂_b) − L_b(w), rows) of one batch, traced per dataset."""
     variables = model.trainable_variables
 
-    @tf.function(reduce_retracing=True)
-    def rise(x, y, sample_weight):
+    def rise(batch, rho):
+        x, y, sample_weight = unpack(batch)
         weights = [v.value for v in variables]
         with tf.GradientTape() as tape:
             tape.watch(weights)
             loss = stateless_loss(model, x, y, sample_weight, weights)
         gradients = tape.gradient(loss, weights)
         e_hat = perturbation(gradients, weights, rho, p=p, adaptive=adaptive, eta=eta)
-        moved = [w if e is None else w + e for w, e in zip(weights, e_hat)]
+        moved = [w if e is None else w + e for w, e in zip(weights, e_hat, strict=True)]
         perturbed_loss = stateless_loss(model, x, y, sample_weight, moved)
         return perturbed_loss - loss, batch_rows(x)
 
-    def per_batch():
-        for batch in dataset:
-            difference, rows = rise(*unpack(batch))
-            yield difference.numpy(), rows.numpy()
-
-    return float(weighted_mean(per_batch()))
+    return traced_per_dataset(rise, tf.TensorSpec((), tf.float32))

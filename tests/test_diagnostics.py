@@ -1,0 +1,502 @@
+"""Tests of `keras_sam.diagnostics` and `keras_sam.callbacks.SharpnessMonitor`.
+
+The references are closed forms: for a linear least-squares model the loss is
+exactly quadratic in the weights, L(w + ε) = L(w) + gᵀε + ½ εᵀHε with
+H = 2 X̃ᵀSX̃ / n (X̃ the inputs with a column of ones for the bias, S the sample
+weights), so sharpness, Hessian eigenvalues and landscapes are computed here
+in float64 NumPy, independently of TensorFlow.
+"""
+
+from __future__ import annotations
+
+import doctest
+import gc
+import weakref
+
+import keras
+import matplotlib.image
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sam.callbacks
+import keras_sam.diagnostics
+import keras_sam.diagnostics.hessian
+import keras_sam.diagnostics.landscape
+import keras_sam.diagnostics.m_sharpness
+from keras_sam import SAMModel
+from keras_sam._validation import InvalidArgumentError
+from keras_sam.callbacks import SharpnessMonitor
+from keras_sam.diagnostics import (
+    LossLandscape,
+    hessian_eigenvalues,
+    loss_landscape,
+    plot_loss_landscape,
+    random_direction,
+    sharpness,
+)
+
+ROWS, FEATURES, BATCH = 64, 5, 24  # batches of 24, 24 and 16 rows
+# Eigenvalues of the Hessian 2XᵀX/n, well separated so that 20 power
+# iterations converge far below the tolerance; the bias adds 2 = 2n/n.
+SPECTRUM = np.array([10.0, 6.0, 3.0, 1.0, 0.5])
+
+
+# ------------------------------------------------------------------ problem
+def _inputs() -> np.ndarray:
+    """X with centred columns and 2XᵀX/n = diag(SPECTRUM) in some basis.
+
+    Centred columns are orthogonal to the bias column of ones, so the
+    augmented Hessian is block-diagonal and keeps the spectrum's gaps.
+    """
+    rng = np.random.default_rng(1)
+    basis = rng.normal(size=(ROWS, FEATURES))
+    basis -= basis.mean(axis=0)
+    left, _ = np.linalg.qr(basis)
+    right, _ = np.linalg.qr(rng.normal(size=(FEATURES, FEATURES)))
+    singular = np.sqrt(SPECTRUM * ROWS / 2)
+    return (left * singular @ right.T).astype("float32")
+
+
+def _linear_problem(*, bias: bool, sample_weights: bool = False):
+    """A Dense(1) least-squares model away from its minimum, and its data."""
+    rng = np.random.default_rng(2)
+    x = _inputs()
+    y = (x @ rng.normal(size=(FEATURES, 1)) + 0.3 * rng.normal(size=(ROWS, 1))).astype("float32")
+    weights = rng.uniform(0.5, 2.0, size=ROWS).astype("float32") if sample_weights else None
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1, use_bias=bias)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.set_weights(
+        [rng.normal(size=(FEATURES, 1)).astype("float32")]
+        + ([np.array([0.7], "float32")] if bias else [])
+    )
+    arrays = (x, y) if weights is None else (x, y, weights)
+    return model, tf.data.Dataset.from_tensor_slices(arrays).batch(BATCH)
+
+
+def _flat_weights(model) -> np.ndarray:
+    """w in float64: the kernel, then the bias if there is one."""
+    return np.concatenate([np.asarray(v, np.float64).reshape(-1) for v in model.get_weights()])
+
+
+def _augmented(model, x) -> tuple[np.ndarray, np.ndarray]:
+    """(X̃, w) in float64: inputs with a ones column when the model has a bias."""
+    w = _flat_weights(model)
+    x = np.asarray(x, np.float64)
+    if len(w) > x.shape[1]:
+        x = np.hstack([x, np.ones((len(x), 1))])
+    return x, w
+
+
+def _quadratic(model, x, y, sample_weight=None):
+    """(L, g, H) of the weighted mean squared error at the model's weights."""
+    x, w = _augmented(model, x)
+    s = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    residual = x @ w - np.asarray(y, np.float64)[:, 0]
+    n = len(x)
+    return (
+        np.sum(s * residual**2) / n,
+        2 * x.T @ (s * residual) / n,
+        2 * x.T @ (s[:, None] * x) / n,
+    )
+
+
+def _batches(dataset):
+    return [tuple(t.numpy() for t in batch) for batch in dataset]
+
+
+def _state(model) -> list[bytes]:
+    """Every variable of the model (BatchNorm statistics too), as raw bytes."""
+    return [np.asarray(v.numpy()).tobytes() for v in model.variables]
+
+
+def _conv_model(*, sam: bool = False, trained: bool = True):
+    """Conv + BatchNorm + Dropout + L2 + Dense, with sample-weighted data.
+
+    Trained one epoch (so that the BatchNorm statistics are not the initial
+    ones) unless `trained=False`.
+    """
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, size=80)
+    weights = rng.uniform(0.2, 2.0, size=80).astype("float32")
+    base = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 3, kernel_regularizer=keras.regularizers.L2(1e-2)),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(3),
+        ]
+    )
+    model = SAMModel(base, rho=0.05) if sam else base
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(32)  # 32, 32, 16
+    if trained:
+        model.fit(dataset, epochs=1, verbose=0)
+    return model, dataset
+
+
+@pytest.fixture(scope="module")
+def conv():
+    """A trained plain model and its data; tests must not change its weights."""
+    return _conv_model()
+
+
+@pytest.fixture(scope="module")
+def sam_conv():
+    """A trained `SAMModel` and its data; tests must not change its weights."""
+    return _conv_model(sam=True)
+
+
+# ------------------------------------------------------------------ hessian
+@pytest.mark.parametrize("bias, k", [(False, 1), (True, 3)])
+def test_hessian_eigenvalues_equal_numpy_eigvalsh(bias, k):
+    """Batches of 24, 24 and 16 rows: an unweighted mean of theirs would differ."""
+    model, dataset = _linear_problem(bias=bias)
+    x, y = (np.concatenate(t) for t in zip(*_batches(dataset), strict=True))
+    expected = np.linalg.eigvalsh(_quadratic(model, x, y)[2])[::-1]
+    measured = (
+        hessian_eigenvalues(model, dataset) if k == 1 else hessian_eigenvalues(model, dataset, k=k)
+    )
+    assert len(measured) == k
+    np.testing.assert_allclose(measured, expected[:k], rtol=1e-4)
+
+
+def _mlp_loss(params, x, y) -> float:
+    """NumPy float64 loss of Dense(4, tanh) -> Dense(1) with MSE."""
+    kernel1, bias1, kernel2, bias2 = params
+    return float(np.mean((np.tanh(x @ kernel1 + bias1) @ kernel2 + bias2 - y) ** 2))
+
+
+def test_hessian_of_a_nonlinear_model_matches_finite_differences():
+    """Exact HVPs through tanh, against NumPy's second differences of the loss."""
+    keras.utils.set_random_seed(2)
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 1))
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)]
+    )
+    model.compile(loss="mse")
+    shapes = [w.shape for w in model.get_weights()]
+    centre = np.concatenate([w.astype(np.float64).reshape(-1) for w in model.get_weights()])
+
+    def loss_at(flat):
+        splits = np.split(flat, np.cumsum([int(np.prod(s)) for s in shapes])[:-1])
+        return _mlp_loss([p.reshape(s) for p, s in zip(splits, shapes, strict=True)], x, y)
+
+    step, units = 1e-4, np.eye(centre.size)
+    reference = np.linalg.eigvalsh(
+        [
+            [
+                (
+                    loss_at(centre + step * (a + b))
+                    - loss_at(centre + step * (a - b))
+                    - loss_at(centre - step * (a - b))
+                    + loss_at(centre - step * (a + b))
+                )
+                / (4 * step**2)
+                for b in units
+            ]
+            for a in units
+        ]
+    )
+    # Power iteration finds the eigenvalues of largest magnitude.
+    largest = sorted(reference[np.argsort(-np.abs(reference))][:2], reverse=True)
+    assert abs(largest[0] / largest[1]) > 1.2  # a gap that 40 iterations resolve
+    measured = hessian_eigenvalues(
+        model, (x.astype("float32"), y.astype("float32")), k=2, iterations=40
+    )
+    np.testing.assert_allclose(measured, largest, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- sharpness
+def _ascent(g, w, rho, kind):
+    """SAM's ε̂ in float64 for the three ascent rules tested."""
+    if kind == "p=2":
+        return rho * g / np.linalg.norm(g)
+    if kind == "p=inf":
+        return rho * np.sign(g)
+    scale = np.abs(w) + 0.01  # ASAM, p = 2, η = 0.01
+    return rho * scale**2 * g / np.linalg.norm(scale * g)
+
+
+@pytest.mark.parametrize("kind", ["p=2", "p=inf", "adaptive"])
+def test_sharpness_equals_the_quadratic_closed_form(kind):
+    """L(w+ε̂) − L(w) = gᵀε̂ + ½ε̂ᵀHε̂ per batch; for p=2 that is ρ‖g‖ + ½ρ²ĝᵀHĝ."""
+    model, dataset = _linear_problem(bias=True, sample_weights=True)
+    rho = 0.5  # large enough that the curvature term is a sizeable part
+    w = _flat_weights(model)
+    rises, rows, curvature_share = [], [], []
+    for x, y, s in _batches(dataset):
+        _, g, h = _quadratic(model, x, y, s)
+        e = _ascent(g, w, rho, kind)
+        rises.append(g @ e + 0.5 * e @ h @ e)
+        rows.append(len(x))
+        curvature_share.append(0.5 * e @ h @ e / rises[-1])
+    expected = np.average(rises, weights=rows)
+    options = {"p=2": {}, "p=inf": {"p": float("inf")}, "adaptive": {"adaptive": True}}[kind]
+    measured = sharpness(model, dataset, rho=rho, **options)
+    assert min(curvature_share) > 0.05  # a first-order-only answer would fail
+    np.testing.assert_allclose(measured, expected, rtol=1e-5)
+
+
+def test_sharpness_uses_only_the_first_batches_and_is_deterministic(conv):
+    model, dataset = conv
+    first = _batches(dataset)[0]
+    one_batch = sharpness(model, dataset, rho=0.1, batches=1)
+    assert one_batch == sharpness(model, first, rho=0.1)  # Dropout is off
+    assert one_batch != sharpness(model, dataset, rho=0.1)
+    # rho is an argument of the traced graph, not a constant baked into it.
+    assert sharpness(model, dataset, rho=0.0) == 0.0
+
+
+# ---------------------------------------------------------------- landscape
+def test_landscape_centre_equals_evaluate_with_batchnorm_l2_and_sample_weights(conv):
+    model, dataset = conv
+    evaluated = model.evaluate(dataset, verbose=0)
+    line = loss_landscape(model, dataset, points=5, span=0.5)
+    assert line.center_loss == evaluated  # the same float32 reduction, bit for bit
+    np.testing.assert_allclose(line.losses[2], evaluated, rtol=1e-6)
+    assert line.alphas[2] == 0.0
+    assert line.losses.min() < line.losses.max()
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+def test_landscape_values_equal_the_quadratic_along_the_directions(directions):
+    model, dataset = _linear_problem(bias=True)
+    x, y = (np.concatenate(t) for t in zip(*_batches(dataset), strict=True))
+    result = loss_landscape(
+        model, dataset, directions=directions, span=2.0, points=5, normalization="layer", seed=7
+    )
+    loss, g, h = _quadratic(model, x, y)
+    d = np.concatenate([a.reshape(-1) for a in result.directions[0]]).astype(np.float64)
+    if directions == 1:
+        expected = [loss + a * g @ d + 0.5 * a * a * d @ h @ d for a in result.alphas]
+        assert result.betas is None and result.losses.shape == (5,)
+    else:
+        e = np.concatenate([a.reshape(-1) for a in result.directions[1]]).astype(np.float64)
+        expected = [
+            [
+                loss + g @ (a * d + b * e) + 0.5 * (a * d + b * e) @ h @ (a * d + b * e)
+                for b in result.betas
+            ]
+            for a in result.alphas
+        ]
+        assert result.losses.shape == (5, 5) and result.ndim == 2
+        np.testing.assert_array_equal(result.betas, result.alphas)
+    np.testing.assert_array_equal(result.alphas, [-2.0, -1.0, 0.0, 1.0, 2.0])
+    np.testing.assert_allclose(result.losses, expected, rtol=1e-5)
+    assert result.normalization == "layer" and result.seed == 7 and result.span == 2.0
+
+
+def test_filter_normalization_matches_each_filter_and_zeroes_1d_weights(conv):
+    model, dataset = conv
+    weights = [v.numpy() for v in model.trainable_variables]
+    direction = random_direction(weights, "filter", seed=5)
+    for w, d in zip(weights, direction, strict=True):
+        assert d.shape == w.shape and d.dtype == np.float32
+        if w.ndim == 1:
+            assert not d.any()  # biases, BatchNorm γ and β
+        else:
+            axes = tuple(range(w.ndim - 1))  # a filter: one output unit
+            np.testing.assert_allclose(
+                np.sqrt(np.sum(d**2, axis=axes)), np.sqrt(np.sum(w**2, axis=axes)), rtol=1e-5
+            )
+            assert not np.allclose(d / np.linalg.norm(d), w / np.linalg.norm(w))
+    layer = random_direction(weights, "layer", seed=5)
+    for w, d in zip(weights, layer, strict=True):
+        assert np.isclose(np.linalg.norm(d), 0 if w.ndim == 1 else np.linalg.norm(w), rtol=1e-5)
+    raw = random_direction(weights, None, seed=5)
+    assert all(d.any() for d in raw)
+    used = loss_landscape(model, dataset, points=3, seed=5, batches=1).directions
+    for a, b in zip(used[0], direction, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------- weights are untouched
+def _failing_dataset(batches):
+    """Yields `batches`, then raises in the middle of a pass."""
+    specs = tuple(tf.TensorSpec((None, *b.shape[1:]), tf.as_dtype(b.dtype)) for b in batches[0])
+
+    def generate():
+        yield from batches[:2]
+        raise RuntimeError("data source failed")
+
+    return tf.data.Dataset.from_generator(generate, output_signature=specs)
+
+
+def test_every_diagnostic_leaves_every_variable_bit_identical(conv):
+    model, dataset = conv
+    before = _state(model)
+    sharpness(model, dataset, rho=0.2)
+    hessian_eigenvalues(model, dataset, k=2, iterations=2)
+    loss_landscape(model, dataset, points=3)
+    loss_landscape(model, dataset, directions=2, points=3)
+    assert _state(model) == before
+    failing = _failing_dataset(_batches(dataset))
+    for run in (
+        lambda: sharpness(model, failing),
+        lambda: hessian_eigenvalues(model, failing, iterations=2),
+        lambda: loss_landscape(model, failing, directions=2, points=3),
+    ):
+        with pytest.raises(tf.errors.OpError, match="data source failed"):
+            run()
+        assert _state(model) == before
+
+
+# ------------------------------------------------------ SAMModel and plain
+def test_sam_model_and_its_base_give_the_same_diagnostics(sam_conv):
+    sam, dataset = sam_conv
+    base = sam.base_model
+    base.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert sharpness(sam, dataset) == sharpness(base, dataset)
+    np.testing.assert_allclose(
+        hessian_eigenvalues(sam, dataset, iterations=5),
+        hessian_eigenvalues(base, dataset, iterations=5),
+        rtol=1e-6,
+    )
+    assert loss_landscape(sam, dataset, points=3).center_loss == sam.evaluate(dataset, verbose=0)
+
+
+# ------------------------------------------------------------------- plots
+@pytest.mark.parametrize("directions", [1, 2])
+def test_plot_renders_a_png(tmp_path, directions):
+    model, dataset = _linear_problem(bias=True)
+    landscapes = [
+        loss_landscape(model, dataset, directions=directions, points=5, seed=seed)
+        for seed in (0, 1)
+    ]
+    figure = plot_loss_landscape(landscapes, ["seed 0", "seed 1"], title="linear model")
+    path = tmp_path / "landscape.png"
+    figure.savefig(path)
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert np.ptp(image[..., :3]) > 0.5  # lines drawn, not one colour
+    axes = figure.axes
+    assert len(axes) == (1 if directions == 1 else 2)  # two planes: two panels
+    if directions == 1:
+        assert len(axes[0].lines) == 2
+        np.testing.assert_array_equal(axes[0].lines[1].get_ydata(), landscapes[1].losses)
+    else:  # the same contour levels on both panels, spanning both planes
+        levels = [a.collections[0].levels for a in axes]
+        np.testing.assert_array_equal(levels[0], levels[1])
+        low = min(s.losses.min() for s in landscapes)
+        high = max(s.losses.max() for s in landscapes)
+        np.testing.assert_allclose(levels[0][[0, -1]], [low, high], rtol=1e-6)
+
+
+def test_plot_rejects_mixed_or_wrong_inputs():
+    model, dataset = _linear_problem(bias=False)
+    line = loss_landscape(model, dataset, points=3)
+    plane = loss_landscape(model, dataset, directions=2, points=3)
+    with pytest.raises(InvalidArgumentError, match="all lines"):
+        plot_loss_landscape([line, plane])
+    with pytest.raises(InvalidArgumentError, match="labels"):
+        plot_loss_landscape([line], ["a", "b"])
+    with pytest.raises(InvalidArgumentError, match="landscapes"):
+        plot_loss_landscape([{"losses": [1.0]}])
+
+
+# --------------------------------------------------------------- callback
+def test_monitor_logs_what_a_direct_call_measures_on_a_plain_model():
+    model, dataset = _conv_model(trained=False)
+    monitor = SharpnessMonitor(dataset, rho=0.1, hessian_iterations=5)
+    history = model.fit(dataset, epochs=1, callbacks=[monitor], verbose=0)
+    assert history.history["sharpness"] == [sharpness(model, dataset, rho=0.1)]
+    np.testing.assert_allclose(
+        history.history["hessian_max_eigenvalue"],
+        hessian_eigenvalues(model, dataset, iterations=5),
+        rtol=1e-6,
+    )
+
+
+def test_monitor_on_sam_model_keeps_sam_sharpness_and_logs_its_own():
+    model, dataset = _conv_model(sam=True, trained=False)
+    monitor = SharpnessMonitor(dataset, every=2, hessian=False, batches=1)
+    history = model.fit(dataset, epochs=3, callbacks=[monitor], verbose=0).history
+    assert len(history["sharpness"]) == 3  # SAMModel's own, every epoch
+    assert len(history["monitored_sharpness"]) == 2  # epochs 0 and 2
+    assert "hessian_max_eigenvalue" not in history
+    assert history["monitored_sharpness"][-1] == sharpness(model, dataset, batches=1)
+    assert history["monitored_sharpness"][-1] != history["sharpness"][-1]
+    named = SharpnessMonitor(dataset, hessian=False, batches=1, sharpness_key="val_sharp")
+    assert "val_sharp" in model.fit(dataset, epochs=1, callbacks=[named], verbose=0).history
+
+
+# ------------------------------------------------------------- arguments
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda m, d: hessian_eigenvalues(m, d, k=0), "k"),
+        (lambda m, d: hessian_eigenvalues(m, d, k=99), "k"),
+        (lambda m, d: hessian_eigenvalues(m, d, iterations=0), "iterations"),
+        (lambda m, d: loss_landscape(m, d, points=1), "points"),
+        (lambda m, d: loss_landscape(m, d, directions=3), "directions"),
+        (lambda m, d: loss_landscape(m, d, normalization="batch"), "normalization"),
+        (lambda m, d: loss_landscape(m, d, span=0), "span"),
+        (lambda m, d: sharpness(m, d, rho=-0.1), "rho"),
+        (lambda m, d: sharpness(m, d, p=1), "p"),
+        (lambda m, d: sharpness(m, d, batches=0), "batches"),
+        (lambda m, d: sharpness(m, [d]), "data"),
+        (lambda m, d: sharpness(m, d.map(lambda x, y: x)), "data"),
+        (lambda m, d: sharpness("model", d), "model"),
+        (lambda m, d: SharpnessMonitor(d, every=0), "every"),
+        (lambda m, d: SharpnessMonitor(d, sharpness_key=""), "sharpness_key"),
+    ],
+)
+def test_invalid_arguments_raise_naming_the_argument(call, name):
+    model, dataset = _linear_problem(bias=False)
+    with pytest.raises(InvalidArgumentError, match=f"`{name}`"):
+        call(model, dataset)
+
+
+def test_an_uncompiled_model_is_refused_clearly():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="not compiled.*compile"):
+        sharpness(model, (np.ones((4, 2)), np.ones((4, 1))))
+
+
+# ------------------------------------------------------------- docstrings
+@pytest.mark.parametrize(
+    "module",
+    [
+        keras_sam.diagnostics,
+        keras_sam.diagnostics.hessian,
+        keras_sam.diagnostics.landscape,
+        keras_sam.diagnostics.m_sharpness,
+        keras_sam.callbacks,
+    ],
+)
+def test_docstring_examples_run(module):
+    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failures == 0
+
+
+def test_landscape_is_a_result_object():
+    model, dataset = _linear_problem(bias=False)
+    result = loss_landscape(model, dataset, points=4)
+    assert isinstance(result, LossLandscape)
+    assert 0.0 not in result.alphas  # an even grid skips 0 ...
+    assert np.isclose(result.center_loss, model.evaluate(dataset, verbose=0))  # ... L(w) is kept
+
+
+# ------------------------------------------------------------ traced graphs
+def test_recompiling_retraces_and_the_cache_keeps_no_model_alive():
+    model, dataset = _linear_problem(bias=True)
+    with_mse = sharpness(model, dataset, rho=0.5)
+    model.compile(loss="mae")
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    twin.compile(loss="mae")
+    assert sharpness(model, dataset, rho=0.5) == sharpness(twin, dataset, rho=0.5) != with_mse
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

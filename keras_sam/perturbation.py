@@ -52,25 +52,29 @@ def _dual_direction(
 ) -> list[tf.Tensor]:
     """ρ times the unit dual-norm direction of float32 `gradients` (no Nones)."""
     rho = _as_float32(rho)
-    if math.isinf(p):
-        # Sign ascent; it has no norm, but a NaN anywhere must still give 0.
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
-        scale = tf.where(finite, rho, tf.zeros_like(rho))
-        return [scale * tf.sign(tf.where(tf.math.is_finite(g), g, 0.0)) for g in gradients]
     if p == 2.0:
+        # The SAM paper's rule, literally: ρ·g / (‖g‖₂ + eps).
         norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in gradients]))
-        powered = gradients
-    else:
-        q_minus_1 = 1.0 / (p - 1.0)  # q - 1 where 1/p + 1/q = 1
-        magnitudes = [tf.abs(g) for g in gradients]
-        sum_q = tf.add_n([tf.reduce_sum(tf.pow(m, q_minus_1 + 1.0)) for m in magnitudes])
-        norm = tf.pow(sum_q, 1.0 / p)
-        powered = [tf.sign(g) * tf.pow(m, q_minus_1) for g, m in zip(gradients, magnitudes)]
-    finite = tf.math.is_finite(norm)
-    scale = tf.where(finite, rho / (norm + eps), tf.zeros_like(norm))
-    # Non-finite entries would turn 0 * inf into NaN: zero them where we skip.
+        finite = tf.math.is_finite(norm)
+        scale = tf.where(finite, rho / (norm + eps), tf.zeros_like(norm))
+        # Non-finite entries would turn 0 * inf into NaN: zero them when skipping.
+        return [scale * tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+    gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+    scale = tf.where(finite, rho, tf.zeros_like(rho))
+    if math.isinf(p):
+        return [scale * tf.sign(g) for g in gradients]
+    # ε̂ does not change when g is scaled: dividing by the largest |g| first
+    # keeps |g|^q inside float32 for p near 1, and eps relative to a norm >= 1.
+    largest = tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(g)) for g in gradients]))
+    units = [tf.math.divide_no_nan(g, largest) for g in gradients]
+    q_minus_1 = 1.0 / (p - 1.0)  # q - 1 where 1/p + 1/q = 1
+    magnitudes = [tf.abs(u) for u in units]
+    sum_q = tf.add_n([tf.reduce_sum(tf.pow(m, q_minus_1 + 1.0)) for m in magnitudes])
+    norm = tf.pow(sum_q, 1.0 / p)
     return [
-        scale * tf.where(finite, d, tf.zeros_like(d)) for d in powered
+        (scale / (norm + eps)) * tf.sign(u) * tf.pow(m, q_minus_1)
+        for u, m in zip(units, magnitudes)
     ]
 
 

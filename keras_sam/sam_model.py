@@ -135,6 +135,9 @@ class SAMModel(keras.Model):
         self.sync_perturbation = sync_perturbation
         self.skip_nonfinite = skip_nonfinite
         self._rho_schedule = rho if not isinstance(rho, float) else None
+        # The float as given, for `rho` and `get_config`; the variable holds
+        # its float32 rounding, which is what the step reads.
+        self._rho_float = None if self._rho_schedule is not None else rho
         self._rho_variable = keras.Variable(
             0.0 if self._rho_schedule else rho,
             trainable=False,
@@ -154,13 +157,19 @@ class SAMModel(keras.Model):
         """ρ: a float, or the schedule given at construction."""
         if self._rho_schedule is not None:
             return self._rho_schedule
-        return float(self._rho_variable.numpy())
+        value = float(self._rho_variable.numpy())
+        # The float given, unless the variable changed since (e.g. restored
+        # from a checkpoint): then the variable's value.
+        if self._rho_float is not None and float(tf.cast(self._rho_float, tf.float32)) == value:
+            return self._rho_float
+        return value
 
     @rho.setter
     def rho(self, value):
         value = check.check_rho(value)
         if isinstance(value, float) and self._rho_schedule is None:
             self._rho_variable.assign(value)
+            self._rho_float = value
             return
         raise check.InvalidArgumentError(
             "`rho` can only be changed between floats during training (the "

@@ -1,0 +1,8 @@
+"""`python -m keras_sam`: the same as the `keras-sam` command."""
+
+import sys
+
+from keras_sam.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

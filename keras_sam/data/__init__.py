@@ -1,0 +1,1 @@
+"""Datasets generated locally for the demo and the examples (nothing is downloaded)."""

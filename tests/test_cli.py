@@ -1,0 +1,123 @@
+"""The `keras-sam` command line: help, subcommands, and one-line argument errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_sam import cli
+from keras_sam.demo import DEFAULT_ADAPTIVE_RHO, DEFAULT_RHO, QUICK, settings_from_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(*arguments):
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "keras_sam", *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def python_lines(stderr):
+    """stderr without TensorFlow's native start-up log lines, which its C++
+    logger writes at import whatever TF_CPP_MIN_LOG_LEVEL says."""
+    native = ("WARNING: All log messages before absl::InitializeLog()",)
+    return [
+        line
+        for line in stderr.splitlines()
+        if not line.startswith(native)
+        and not (line[:1] in "IWEF" and line[1:5].isdigit() and " " in line[:8])
+    ]
+
+
+def test_python_m_keras_sam_help_lists_the_demo():
+    result = run_module("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: keras-sam")
+    assert "demo" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_argument_in_a_subprocess_is_one_line_and_status_2():
+    result = run_module("demo", "--noise", "1.5")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert python_lines(result.stderr) == [
+        "keras-sam demo: error: argument --noise: must be in [0, 1), got 1.5 "
+        "(see 'keras-sam demo --help')"
+    ]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "arguments, option",
+    [
+        (["--noise", "1"], "--noise"),
+        (["--noise", "-0.1"], "--noise"),
+        (["--noise", "lots"], "--noise"),
+        (["--rho", "-0.01"], "--rho"),
+        (["--rho", "nan"], "--rho"),
+        (["--optimizer", "lion"], "--optimizer"),
+        (["--epochs", "0"], "--epochs"),
+        (["--epochs", "2.5"], "--epochs"),
+        (["--seed", "-1"], "--seed"),
+        (["--lr", "0"], "--lr"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_bad_demo_arguments_exit_2_with_one_line(arguments, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", *arguments])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("keras-sam demo: error: argument ")
+    assert option in lines[0]
+
+
+def test_missing_or_unknown_subcommand_exits_2(capsys):
+    for arguments in ([], ["dance"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(arguments)
+        assert exit_info.value.code == 2
+        assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_version(capsys):
+    from keras_sam import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"keras-sam {__version__}"
+
+
+def test_a_subcommand_whose_module_is_missing_is_absent(monkeypatch):
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("keras_sam.demo", "keras_sam.no_such_module"))
+    subparsers = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    assert list(subparsers.choices) == ["demo"]
+
+
+def test_quick_defaults_give_way_to_explicit_arguments():
+    parser = cli.build_parser()
+    quick = settings_from_args(parser.parse_args(["demo", "--quick"]))
+    assert (quick.epochs, quick.num_samples) == (QUICK["epochs"], QUICK["num_samples"])
+    assert quick.rho == DEFAULT_RHO and not quick.adaptive
+    longer = settings_from_args(parser.parse_args(["demo", "--quick", "--epochs", "7"]))
+    assert longer.epochs == 7 and longer.num_samples == QUICK["num_samples"]
+    full = settings_from_args(parser.parse_args(["demo"]))
+    assert (full.epochs, full.num_samples, full.noise, full.optimizer) == (100, None, 0.4, "sgd")
+    assert settings_from_args(parser.parse_args(["demo", "--adaptive"])).rho == (
+        DEFAULT_ADAPTIVE_RHO
+    )
+    assert settings_from_args(parser.parse_args(["demo", "--adaptive", "--rho", "0.5"])).rho == 0.5
+    args = parser.parse_args(["demo", "--seeds", "0", "1", "2", "-q"])
+    assert args.seeds == [0, 1, 2] and args.verbose == 0

@@ -1,0 +1,192 @@
+"""`keras-sam demo`: its data, its fairness between the two runs, and one quick run.
+
+The claim that SAM beats the base optimizer is a long run: see
+tests/test_demo_claim.py (slow). Here:
+
+- the label noise changes exactly the requested number of training labels,
+  each to a different class, uniformly, and never a test label;
+- MNIST-1D is generated locally (no network, no file written) and leaves the
+  caller's global random state alone;
+- both runs start from the same weights and see the same batches: trained by
+  `train_run`, the base optimizer and SAM with rho=0 (which is the base step)
+  end at the same weights; with a different batch order they do not;
+- `keras-sam demo --quick` writes a JSON table and a PNG figure that agree
+  with what Keras recorded during training.
+"""
+
+import json
+import random
+import socket
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from keras_sam.cli import main
+from keras_sam.data.mnist1d import load_mnist1d, load_noisy_mnist1d, symmetric_label_noise
+from keras_sam.demo import DemoSettings, seeded_batches, starting_weights, train_run
+
+
+# ------------------------------------------------------------------ label noise
+@pytest.mark.parametrize(
+    "size, fraction, expected", [(4000, 0.4, 1600), (1000, 0.25, 250), (7, 0.5, 4), (50, 0.0, 0)]
+)
+def test_noise_changes_exactly_the_requested_number_of_labels(size, fraction, expected):
+    labels = np.random.default_rng(1).integers(0, 10, size).astype("int32")
+    original = labels.copy()
+    noisy = symmetric_label_noise(labels, fraction, seed=3)
+    np.testing.assert_array_equal(labels, original)  # input untouched
+    assert noisy.dtype == labels.dtype and noisy.shape == labels.shape
+    assert int(np.sum(noisy != labels)) == expected  # each changed label is a different class
+
+
+def test_noise_is_uniform_over_the_other_classes_and_seeded():
+    labels = np.repeat(np.arange(10, dtype="int32"), 5000)
+    noisy = symmetric_label_noise(labels, 0.5, seed=0)
+    changed = noisy != labels
+    # Every class loses half its labels (sampling without replacement over the
+    # whole set: within 3 standard deviations of 2500).
+    lost = np.bincount(labels[changed], minlength=10)
+    assert np.all(np.abs(lost - 2500) < 3 * np.sqrt(5000 * 0.25))
+    # The wrong class is uniform over the 9 others: counts of (old, new) pairs.
+    pairs = np.zeros((10, 10), int)
+    np.add.at(pairs, (labels[changed], noisy[changed]), 1)
+    assert np.all(np.diag(pairs) == 0)
+    off_diagonal = pairs[~np.eye(10, dtype=bool)]
+    expected = 25000 / 90
+    chi_square = np.sum((off_diagonal - expected) ** 2 / expected)
+    assert chi_square < 150  # 89 degrees of freedom: p(chi2 > 150) < 1e-4
+    np.testing.assert_array_equal(noisy, symmetric_label_noise(labels, 0.5, seed=0))
+    assert not np.array_equal(noisy, symmetric_label_noise(labels, 0.5, seed=1))
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ((np.zeros(4, "int32"), 1.5), "fraction"),
+        ((np.zeros(4, "int32"), -0.1), "fraction"),
+        ((np.zeros(4, "float32"), 0.5), "integer classes"),
+        ((np.full(4, 10, "int32"), 0.5), "0..9"),
+    ],
+)
+def test_noise_rejects_bad_arguments(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        symmetric_label_noise(*arguments)
+
+
+# --------------------------------------------------------------------- MNIST-1D
+@pytest.fixture(scope="module")
+def default_mnist1d():
+    return load_mnist1d()
+
+
+def test_mnist1d_defaults_are_4000_train_and_1000_test(default_mnist1d):
+    (x_train, y_train), (x_test, y_test) = default_mnist1d
+    assert x_train.shape == (4000, 40, 1) and x_test.shape == (1000, 40, 1)
+    assert x_train.dtype == np.float32 and y_train.dtype == np.int32
+    assert set(np.unique(y_train)) == set(range(10)) == set(np.unique(y_test))
+    # mnist1d centres and scales the whole set to mean 0 and std 1.
+    everything = np.concatenate([x_train, x_test])
+    assert abs(everything.mean()) < 1e-5 and abs(everything.std() - 1) < 1e-5
+
+
+def test_noisy_mnist1d_changes_training_labels_only(default_mnist1d):
+    (x_train, y_train), (x_test, y_test) = default_mnist1d
+    (noisy_x, noisy_y), (same_x, same_y) = load_noisy_mnist1d(0.4, seed=2)
+    assert int(np.sum(noisy_y != y_train)) == 1600
+    np.testing.assert_array_equal(noisy_x, x_train)
+    np.testing.assert_array_equal(same_x, x_test)
+    np.testing.assert_array_equal(same_y, y_test)
+
+
+def test_mnist1d_is_generated_offline_and_keeps_global_random_state(monkeypatch, tmp_path):
+    def no_network(*args, **kwargs):
+        raise AssertionError("MNIST-1D tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.chdir(tmp_path)
+    random.seed(123)
+    np.random.seed(123)
+    expected_python, expected_numpy = random.random(), np.random.random()
+    random.seed(123)
+    np.random.seed(123)
+    (x_train, _), (x_test, _) = load_mnist1d(num_samples=60)
+    assert x_train.shape == (48, 40, 1) and x_test.shape == (12, 40, 1)
+    assert list(tmp_path.iterdir()) == []  # no cached pickle written
+    assert (random.random(), np.random.random()) == (expected_python, expected_numpy)
+
+
+# ----------------------------------------------- same start, same batches
+def test_starting_weights_depend_on_the_seed_only():
+    first, again, other = starting_weights(4), starting_weights(4), starting_weights(5)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_seeded_batches_repeat_the_same_order_and_cover_each_epoch():
+    x = np.arange(10, dtype="float32")[:, None]
+    y = np.arange(10, dtype="int32")
+
+    def epochs_of(seed):
+        batches = [
+            b.numpy().tolist() for _, b in seeded_batches(x, y, batch_size=4, epochs=3, seed=seed)
+        ]
+        assert [len(b) for b in batches] == [4, 4, 2] * 3
+        return [sum(batches[i : i + 3], []) for i in range(0, 9, 3)]
+
+    epochs = epochs_of(7)
+    assert epochs == epochs_of(7)
+    assert all(sorted(epoch) == list(range(10)) for epoch in epochs)
+    assert epochs[0] != epochs[1]  # reshuffled every epoch
+    assert epochs != epochs_of(8)
+
+
+def test_base_and_sam_with_rho_zero_train_to_the_same_weights():
+    """SAM with rho=0 takes the base optimizer's step, so identical starts and
+    identical batches must give identical weights; a different batch order
+    must not (which shows the comparison can fail)."""
+    (x, y), test = load_noisy_mnist1d(0.4, seed=0, num_samples=200)
+    train = (x, y)
+    settings = DemoSettings(rho=0.0, epochs=2, batch_size=32, verbose=0)
+    initial = starting_weights(0)
+    base, base_history = train_run("base", initial, train, test, settings, seed=0)
+    sam, sam_history = train_run("sam", initial, train, test, settings, seed=0)
+    shuffled, _ = train_run("base", initial, train, test, settings, seed=1)
+    assert any(not np.array_equal(a, b) for a, b in zip(initial, base.get_weights()))
+    # Bit-identical on TF 2.21 CPU; the tolerance only allows for kernels that
+    # fuse the two graphs differently. A different batch order moves weights
+    # by ~1e-2 (checked below).
+    for a, b in zip(base.get_weights(), sam.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(base_history["loss"], sam_history["loss"], rtol=1e-6)
+    gap = max(np.max(np.abs(a - b)) for a, b in zip(base.get_weights(), shuffled.get_weights()))
+    assert gap > 1e-3
+
+
+# -------------------------------------------------------------- the quick run
+def test_quick_demo_writes_table_and_figure(tmp_path, capsys):
+    table, out = tmp_path / "table.json", tmp_path / "figures"
+    assert main(["demo", "--quick", "-q", "--json", str(table), "--out", str(out)]) == 0
+    rows = json.loads(table.read_text())
+    assert [row["method"] for row in rows] == ["base", "sam"]
+    quick_epochs = 3
+    for row in rows:
+        assert row["seed"] == 0 and row["epochs"] == quick_epochs and row["noise"] == 0.4
+        assert isinstance(row["test_accuracy"], float) and 0.0 <= row["test_accuracy"] <= 1.0
+        assert isinstance(row["train_loss"], float) and 0.0 < row["train_loss"] < 10.0
+        assert isinstance(row["sharpness"], float) and np.isfinite(row["sharpness"])
+        assert row["sharpness"] > 0  # the top curvature of a loss being minimised
+        # The final evaluation and Keras's last validation pass see the same
+        # weights and the same clean test set.
+        assert len(row["test_accuracy_per_epoch"]) == quick_epochs
+        assert row["test_accuracy"] == pytest.approx(row["test_accuracy_per_epoch"][-1], abs=1e-6)
+    assert rows[0]["rho"] == 0.0 and rows[1]["rho"] == 0.2
+    printed = capsys.readouterr().out
+    assert "clean test acc" in printed and "SAM(rho=0.2) + sgd" in printed
+
+    figure = out / "sam_vs_base_seed0.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(figure)
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    assert image[..., :3].std() > 0.05  # something is drawn

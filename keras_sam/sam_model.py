@@ -196,6 +196,27 @@ class SAMModel(keras.Model):
     def call(self, inputs, training=None):
         return self.base_model(inputs, training=training)
 
+    def save_weights(self, filepath, *args, **kwargs):
+        self._build_with_base()
+        return super().save_weights(filepath, *args, **kwargs)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        self._build_with_base()
+        return super().load_weights(filepath, *args, **kwargs)
+
+    def _build_with_base(self):
+        """Once the base is built, builds the wrapper (subclasses may create
+        their own state in `build`), so that weight files can be written and
+        read before the first call, as with the base itself."""
+        if self.built or not self.base_model.built:
+            return
+        try:  # functional and Sequential bases
+            input_shape = tf.nest.map_structure(lambda t: tuple(t.shape), self.base_model.input)
+        except (AttributeError, ValueError):  # a subclassed base, called before
+            input_shape = (self.base_model.get_build_config() or {}).get("input_shape")
+        if input_shape is not None:
+            self.build(input_shape)
+
     def summary(self, *args, **kwargs):
         return self.base_model.summary(*args, **kwargs)
 
@@ -214,6 +235,13 @@ class SAMModel(keras.Model):
     # ------------------------------------------------------- training step
     def train_step(self, data):
         x, y, sample_weight = unpack_x_y_sample_weight(data)
+        if not all(layer.built for layer in self._flatten_layers()):
+            # A subclassed base creates its weights in its first call. Keras's
+            # own step reads them after the forward pass; SAM needs them first.
+            # Built symbolically: the train graph gets no extra forward pass.
+            self.compute_output_spec(
+                tf.nest.map_structure(lambda t: keras.KerasTensor(t.shape, t.dtype), x)
+            )
         variables = self.trainable_variables
         if not variables:
             raise ValueError(

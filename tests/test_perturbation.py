@@ -13,13 +13,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import variant_reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import keras_sam
 from keras_sam import perturbation
+
+import variant_reference as ref
 
 RHO = 0.3
 INF = float("inf")

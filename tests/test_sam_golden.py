@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
-import numpy_reference as ref
 import pytest
 
 from keras_sam import SAMModel
+
+import numpy_reference as ref
 
 RTOL, ATOL = 1e-5, 1e-6
 # Weights are of order 1, so FAR is 100x the tolerance: a wrong algorithm must

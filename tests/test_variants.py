@@ -14,9 +14,10 @@ import functools
 import keras
 import numpy as np
 import pytest
-import variant_reference as ref
 
 from keras_sam import GSAMModel, LookSAMModel, SAMModel
+
+import variant_reference as ref
 
 BATCH = 10  # split 3 ways this is 4, 3, 3
 STEPS = 5  # LookSAM with k=3: full, cheap, cheap, full, cheap

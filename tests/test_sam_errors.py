@@ -1,0 +1,203 @@
+"""Misuse of `SAMModel` fails early with an error that names what is wrong.
+
+Constructor errors are `keras_sam`'s `InvalidArgumentError`, which is both a
+`ValueError` and a `TypeError`: the message names the argument, the value
+received and what is accepted. Errors at `fit` time are the ones plain Keras
+gives for the same mistake (compared with a plain model), or a clear message of
+our own where plain Keras would not fail.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import traceback
+
+import keras
+import numpy as np
+import pytest
+
+from keras_sam import SAMModel
+
+
+def _base() -> keras.Model:
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+
+
+def _assert_names(error: pytest.ExceptionInfo, argument: str, value) -> None:
+    message = str(error.value)
+    assert f"`{argument}`" in message
+    # The value received, as `repr` writes it (floats may be normalised: 1 -> 1.0).
+    shown = {repr(value)}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        shown.add(repr(float(value)))
+    assert any(f"{argument}={text}" in message for text in shown), message
+
+
+# ------------------------------------------------------------ base_model
+@pytest.mark.parametrize(
+    "base",
+    [keras.layers.Dense(3), lambda x: x, None, "model", np.zeros(3)],
+    ids=["a_layer", "a_function", "None", "a_string", "an_array"],
+)
+def test_a_base_that_is_not_a_keras_model_is_a_type_error(base):
+    with pytest.raises(TypeError, match=r"`base_model` must be a `keras.Model`") as error:
+        SAMModel(base)
+    assert "Received: base_model=" in str(error.value)
+
+
+def test_a_keras_2_model_is_rejected_as_base_model():
+    import tf_keras  # a test dependency (setup.cfg [test]); slow to import, so only here
+
+    legacy = tf_keras.Sequential([tf_keras.layers.Dense(3, input_shape=(4,))])
+    with pytest.raises(TypeError, match=r"`base_model` must be a `keras.Model`"):
+        SAMModel(legacy)
+
+
+# ------------------------------------------------------------------- rho
+@pytest.mark.parametrize(
+    "rho", [-0.1, -1, math.inf, -math.inf, math.nan, "0.05", None, True, False, [0.05]]
+)
+def test_invalid_rho(rho):
+    with pytest.raises(ValueError) as error:
+        SAMModel(_base(), rho=rho)
+    assert isinstance(error.value, TypeError)  # either may be caught
+    _assert_names(error, "rho", rho)
+    assert "LearningRateSchedule" in str(error.value) or ">= 0" in str(error.value)
+
+
+@pytest.mark.parametrize("rho", [0, 0.0, 2, np.float32(0.05)])
+def test_valid_rho_edge_values_are_floats(rho):
+    model = SAMModel(_base(), rho=rho)
+    assert isinstance(model.rho, float) and model.rho == pytest.approx(float(rho), rel=1e-7)
+
+
+def test_setting_an_invalid_rho_later_raises_and_keeps_the_old_value():
+    model = SAMModel(_base(), rho=0.1)
+    with pytest.raises(ValueError) as error:
+        model.rho = -0.5
+    _assert_names(error, "rho", -0.5)
+    assert model.rho == pytest.approx(0.1, rel=1e-7)
+
+
+# ------------------------------------------------------- other arguments
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("eps", 0),
+        ("eps", 0.0),
+        ("eps", -1e-12),
+        ("eps", math.inf),
+        ("eps", math.nan),
+        ("eps", "1e-12"),
+        ("eps", None),
+        ("p", 1),
+        ("p", 1.0),
+        ("p", 0.5),
+        ("p", -2),
+        ("p", "2"),
+        ("p", None),
+        ("p", True),
+        ("p", math.nan),
+        ("num_batch_splits", 0),
+        ("num_batch_splits", -1),
+        ("num_batch_splits", 1.5),
+        ("num_batch_splits", 2.0),
+        ("num_batch_splits", "2"),
+        ("num_batch_splits", True),
+        ("eta", -0.01),
+        ("eta", math.inf),
+        ("eta", math.nan),
+        ("eta", "0.01"),
+        ("adaptive", 1),
+        ("adaptive", "yes"),
+        ("adaptive", None),
+        ("sync_perturbation", 0),
+        ("sync_perturbation", "False"),
+        ("skip_nonfinite", 1),
+        ("skip_nonfinite", None),
+    ],
+)
+def test_invalid_argument_is_named_with_its_value(argument, value):
+    with pytest.raises(ValueError) as error:
+        SAMModel(_base(), **{argument: value})
+    assert isinstance(error.value, TypeError)
+    _assert_names(error, argument, value)
+
+
+def test_options_are_keyword_only():
+    with pytest.raises(TypeError, match="positional"):
+        SAMModel(_base(), 0.05, 2)
+
+
+# ------------------------------------------------------ errors during fit
+def _data(rows: int = 8):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(rows, 4)).astype("float32"), np.zeros((rows, 3), "float32")
+
+
+def _fit_error(model: keras.Model, x, y) -> Exception:
+    with pytest.raises(Exception) as error:
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    return error.value
+
+
+def test_fit_before_compile_gives_the_plain_keras_error():
+    x, y = _data()
+    plain = _fit_error(_base(), x, y)
+    sam = _fit_error(SAMModel(_base()), x, y)
+    assert type(sam) is type(plain)
+    assert str(sam) == str(plain)
+    assert "compile()" in str(sam)
+
+
+def _frozen_base() -> keras.Model:
+    base = _base()
+    base.trainable = False
+    return base
+
+
+def _weightless_base() -> keras.Model:
+    return keras.Sequential([keras.Input((4,)), keras.layers.Activation("relu")])
+
+
+@pytest.mark.parametrize("make_base", [_frozen_base, _weightless_base])
+def test_a_base_with_nothing_to_train_is_a_clear_error(make_base):
+    """Plain Keras only warns here; SAM would divide a zero gradient by its norm."""
+    base = make_base()
+    x = _data()[0]
+    model = SAMModel(base, rho=0.05)
+    model.compile(optimizer="sgd", loss="mse")
+    labels = np.zeros((len(x), base.outputs[0].shape[-1]), "float32")
+    error = _fit_error(model, x, labels)
+    assert isinstance(error, ValueError)
+    assert "no trainable weights" in str(error) and repr(base.name) in str(error)
+    # Raised up front, not from inside the ascent or the gradient passes.
+    frames = traceback.extract_tb(error.__traceback__)
+    assert not [f for f in frames if f.name in _GRADIENT_CODE or "perturbation" in f.filename]
+
+
+_GRADIENT_CODE = {"_sam_gradients", "_clean_pass", "_perturbed_pass", "_ascent", "_apply"}
+
+
+@pytest.mark.parametrize(
+    ("loss", "labels"),
+    [
+        ("mse", np.zeros((8, 5), "float32")),
+        ("categorical_crossentropy", np.zeros((8, 4), "float32")),
+        ("sparse_categorical_crossentropy", np.zeros((8, 2), "int32")),
+        ("mse", np.zeros((7, 3), "float32")),  # one label short
+    ],
+    ids=["mse_width", "categorical_width", "sparse_rank", "row_count"],
+)
+def test_wrong_label_shapes_give_the_plain_keras_error(loss, labels):
+    x = _data()[0]
+    errors = []
+    for model in (_base(), SAMModel(_base())):
+        model.compile(optimizer="sgd", loss=loss)
+        errors.append(_fit_error(model, x, labels))
+    plain, sam = errors
+    assert type(sam) is type(plain)
+    # The messages agree up to the graph node names, which include the model's.
+    strip_nodes = re.compile(r"'\{\{node [^}]*\}\}[^']*'")
+    assert strip_nodes.sub("", str(sam)) == strip_nodes.sub("", str(plain))

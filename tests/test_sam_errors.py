@@ -46,14 +46,6 @@ def test_a_base_that_is_not_a_keras_model_is_a_type_error(base):
     assert "Received: base_model=" in str(error.value)
 
 
-def test_a_keras_2_model_is_rejected_as_base_model():
-    import tf_keras  # a test dependency (setup.cfg [test]); slow to import, so only here
-
-    legacy = tf_keras.Sequential([tf_keras.layers.Dense(3, input_shape=(4,))])
-    with pytest.raises(TypeError, match=r"`base_model` must be a `keras.Model`"):
-        SAMModel(legacy)
-
-
 # ------------------------------------------------------------------- rho
 @pytest.mark.parametrize(
     "rho", [-0.1, -1, math.inf, -math.inf, math.nan, "0.05", None, True, False, [0.05]]

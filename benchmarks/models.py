@@ -6,24 +6,29 @@ layer by layer, as ours.
 
 - `small_cnn`: 32x32x3 -> conv32-BN-ReLU-pool -> conv32-BN-ReLU-pool ->
   conv64-BN-ReLU -> global average pooling -> dense 10 (logits).
-- `resnet20`: the CIFAR ResNet-20 of He et al. (2016), 3 stages of 3 basic
-  blocks with 16/32/64 filters; where a block changes the shape, the shortcut
-  is a strided 1x1 convolution with BatchNorm ("option B"). 0.27 M weights.
+- `resnet20`: the CIFAR ResNet-20 of He et al. (2016) exactly as
+  `keras_sam.models.resnet.resnet(20, 10)` builds it (3 stages of 3 basic
+  blocks with 16/32/64 filters, option-A zero-padded identity shortcuts,
+  BatchNorm momentum 0.9 and epsilon 1e-5; 0.27 M weights). In Keras 3 that
+  function itself is used when it exists; `tf_keras` gets this module's copy.
 
 Example:
 
 >>> import keras
 >>> from benchmarks.models import build
 >>> build("small_cnn", keras).count_params()
-29546
+29674
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from types import ModuleType
 
-__all__ = ["MODEL_NAMES", "build", "resnet20", "small_cnn"]
+import tensorflow as tf
+
+__all__ = ["MODEL_NAMES", "build", "resnet20", "small_cnn", "weight_shapes"]
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -49,29 +54,78 @@ def small_cnn(api: ModuleType):
     return api.Model(inputs, outputs, name="small_cnn")
 
 
-def _basic_block(layers, x, filters: int, strides: int):
-    shortcut = x
-    y = _conv_bn_relu(layers, x, filters, strides)
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
-    y = layers.BatchNormalization()(y)
+@functools.cache
+def _zero_pad_shortcut_class(api: ModuleType):
+    """Option-A shortcut layer for `api`: every 2nd pixel, new channels zero."""
+
+    class ZeroPadShortcut(api.layers.Layer):
+        def __init__(self, filters: int, **kwargs):
+            super().__init__(**kwargs)
+            self.filters = filters
+
+        def call(self, inputs):
+            extra = self.filters - inputs.shape[-1]
+            before = extra // 2  # half the new channels before, half after
+            return tf.pad(
+                inputs[:, ::2, ::2, :], [[0, 0], [0, 0], [0, 0], [before, extra - before]]
+            )
+
+        def compute_output_shape(self, input_shape):
+            batch, height, width, _ = input_shape
+            half = lambda size: None if size is None else -(-size // 2)
+            return (batch, half(height), half(width), self.filters)
+
+    return ZeroPadShortcut
+
+
+def _resnet_conv_bn(layers, x, filters: int, kernel_size: int, strides: int):
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+    )(x)
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
+
+
+def _basic_block(api, x, filters: int, strides: int):
+    layers = api.layers
+    residual = layers.ReLU()(_resnet_conv_bn(layers, x, filters, 3, strides))
+    residual = _resnet_conv_bn(layers, residual, filters, 3, 1)
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(x)
-        shortcut = layers.BatchNormalization()(shortcut)
-    return layers.ReLU()(layers.Add()([y, shortcut]))
+        x = _zero_pad_shortcut_class(api)(filters)(x)
+    return layers.ReLU()(layers.Add()([x, residual]))
 
 
 def resnet20(api: ModuleType):
-    """CIFAR ResNet-20 (depth 6n+2, n=3), in `api` (`keras` or `tf_keras`)."""
+    """CIFAR ResNet-20 (depth 6n+2, n=3), in `api` (`keras` or `tf_keras`).
+
+    For `keras`, `keras_sam.models.resnet.resnet(20, 10)` when it exists.
+    """
+    if api.__name__ == "keras":
+        try:
+            from keras_sam.models.resnet import resnet
+        except ImportError:
+            pass
+        else:
+            return resnet(20, NUM_CLASSES, INPUT_SHAPE)
     layers = api.layers
     inputs = api.Input(INPUT_SHAPE)
-    x = _conv_bn_relu(layers, inputs, 16)
+    x = layers.ReLU()(_resnet_conv_bn(layers, inputs, 16, 3, 1))
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(3):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _basic_block(layers, x, filters, strides)
+            x = _basic_block(api, x, filters, strides)
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(NUM_CLASSES)(x)
     return api.Model(inputs, outputs, name="resnet20")
+
+
+def weight_shapes(model) -> list[tuple[int, ...]]:
+    """Shapes of all weights, in order: equal lists mean the same architecture."""
+    return [tuple(int(d) for d in w.shape) for w in model.weights]
 
 
 _BUILDERS: dict[str, Callable] = {"small_cnn": small_cnn, "resnet20": resnet20}

@@ -1,6 +1,6 @@
 """keras-sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow."""
 
-from keras_sam import callbacks, diagnostics
+from keras_sam import callbacks, diagnostics, models
 from keras_sam._validation import InvalidArgumentError
 from keras_sam.callbacks import SharpnessMonitor
 from keras_sam.gsam import GSAMModel
@@ -18,6 +18,7 @@ __all__ = [
     "SharpnessMonitor",
     "callbacks",
     "diagnostics",
+    "models",
     "perturbation",
     "__version__",
 ]

@@ -1,0 +1,141 @@
+"""Where the time of a SAM step goes: `SAMModel` against variants of its step.
+
+Times `SAMModel`, the variants of `benchmarks/sam_variants.py` and the Keras 2
+SAM in the paired, interleaved rounds of `step_time.py`, by default on one
+thread and with the process's CPU time, which a busy shared machine inflates
+far less than wall time. With `--op-counts` it also lists, exactly, how many
+TensorFlow ops of each type one step executes (from a `tf.profiler` trace),
+which shows what each mode computes that the others do not.
+
+    python benchmarks/anatomy.py                       # small CNN, XLA off
+    python benchmarks/anatomy.py --models resnet20 --op-counts
+    python benchmarks/anatomy.py --xla on --clock wall --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.models import MODEL_NAMES
+from benchmarks.modes import MODES, unavailable_reason
+from benchmarks.step_time import _names, _positive, _xla_flags, results_table, time_group
+
+DEFAULT_MODES = (
+    "plain", "sam", "sam_inference_ascent", "sam_assign", "sam_unguarded", "tfk_plain", "tfk_sam"
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from benchmarks.sam_variants import VARIANTS
+
+    known = {**MODES, **VARIANTS}
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--models", type=lambda t: _names(t, MODEL_NAMES, "model"), default=["small_cnn"]
+    )
+    parser.add_argument(
+        "--modes", type=lambda t: _names(t, known, "mode"), default=list(DEFAULT_MODES)
+    )
+    parser.add_argument("--xla", type=_xla_flags, default=[False])
+    parser.add_argument("--steps", type=_positive, default=5)
+    parser.add_argument("--rounds", type=_positive, default=9)
+    parser.add_argument("--warmup-steps", type=_positive, default=2)
+    parser.add_argument("--batch-size", type=_positive, default=128)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    parser.add_argument("--threads", type=_positive, default=1)
+    parser.add_argument(
+        "--op-counts", action="store_true", help="also count executed ops per step by type"
+    )
+    args = parser.parse_args(argv)
+    args.known = known
+    return args
+
+
+def op_counts(traced, iterator, steps: int = 2) -> collections.Counter:
+    """Executed TensorFlow ops per step, by op type, from a profiler trace."""
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        traced.train_steps(iterator, steps)
+        tf.profiler.experimental.stop()
+        (path,) = Path(logdir).rglob("*.xplane.pb")
+        space = xplane_pb2.XSpace.FromString(path.read_bytes())
+    counts = collections.Counter()
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue  # the executor's threads; events are "name:OpType"
+            for event in line.events:
+                counts[plane.event_metadata[event.metadata_id].name.rsplit(":", 1)[-1]] += 1
+    return collections.Counter({k: v / steps for k, v in counts.items()})
+
+
+def op_count_table(model_name: str, modes: dict, xla: bool, batch_size: int) -> str:
+    from benchmarks.environment import random_dataset
+    from benchmarks.modes import compile_mode
+
+    dataset = random_dataset(batch_size)
+    counts = {}
+    for name, mode in modes.items():
+        traced = compile_mode(model_name, mode, xla)
+        traced.fit(dataset, 1)
+        iterator = iter(dataset)
+        traced.train_steps(iterator, 1)
+        counts[name] = op_counts(traced, iterator)
+    types = sorted(set().union(*counts.values()), key=lambda t: -max(c[t] for c in counts.values()))
+    lines = [
+        "| op type | " + " | ".join(counts) + " |",
+        "|---|" + "---|" * len(counts),
+        "| **all ops** | " + " | ".join(f"{sum(c.values()):.0f}" for c in counts.values()) + " |",
+    ]
+    for op_type in types:
+        cells = [f"{c[op_type]:.0f}" for c in counts.values()]
+        if len(set(cells)) > 1:  # only the types where the modes differ
+            lines.append(f"| {op_type} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from benchmarks.environment import configure_device, machine_description
+
+    tf_device = configure_device("cpu", threads=args.threads)
+    modes = {}
+    for name in args.modes:
+        if unavailable_reason(args.known[name]) is None:
+            modes[name] = args.known[name]
+    results = {
+        (model_name, xla): time_group(model_name, xla, modes, args)
+        for model_name in args.models
+        for xla in args.xla
+    }
+    print(f"## Anatomy of a SAM step, batch {args.batch_size}, {args.clock} clock, "
+          f"{args.threads} thread(s)\n")
+    print(f"Command: `python benchmarks/anatomy.py {' '.join(argv or sys.argv[1:])}`  ")
+    print(f"Machine: {machine_description(tf_device)}\n")
+    print(results_table(results))
+    if args.op_counts:
+        for model_name in args.models:
+            print(f"\n### Ops executed per step, {model_name}, XLA off (types that differ)\n")
+            print(op_count_table(model_name, modes, False, args.batch_size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

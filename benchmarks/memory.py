@@ -1,0 +1,114 @@
+"""Peak memory of one training mode, measured in a fresh subprocess per mode.
+
+Two numbers per mode, both relative to the same process right after the model
+was built and compiled (weights allocated, nothing traced or run yet):
+
+- tensor memory: the peak bytes TensorFlow's allocator held while training,
+  from `tf.config.experimental.get_memory_info` (on a GPU its own allocator; on
+  CPU the probe turns on TensorFlow's BFC allocator with
+  `TF_CPU_ALLOCATOR_USE_BFC=true`, which keeps these statistics). This is the
+  number to compare with a copy of the weights: it holds activations,
+  gradients, optimizer slots and SAM's ε̂, w + ε̂ and second gradient.
+- RSS: the process's peak resident memory (`resource.getrusage` maxrss) minus
+  its RSS after the build. It also counts tracing and graph optimization, and
+  the allocator's caching, so it is coarse (several MiB of noise).
+
+Run one probe by hand (prints one JSON line):
+
+    python -m benchmarks.memory small_cnn sam off --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["measure", "probe"]
+
+_MARKER = "MEMORY_PROBE "
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _current_rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib * 1024
+
+
+def probe(model_name: str, mode_name: str, xla: bool, steps: int, device: str) -> dict:
+    """Trains one mode for two epochs of `steps` steps; returns its memory use."""
+    from benchmarks.environment import configure_device, random_dataset
+
+    tf_device = configure_device(device)
+    import tensorflow as tf
+
+    from benchmarks.modes import MODES, compile_mode
+
+    dataset = random_dataset()
+    traced = compile_mode(model_name, MODES[mode_name], xla)
+    weight_bytes = sum(
+        int(v.numpy().nbytes) for v in traced.model.trainable_weights
+    )
+    rss_after_build = _current_rss_bytes()
+    tensors_after_build = tf.config.experimental.get_memory_info(tf_device)["current"]
+    tf.config.experimental.reset_memory_stats(tf_device)
+    traced.fit(dataset, steps)
+    traced.fit(dataset, steps)
+    peak = tf.config.experimental.get_memory_info(tf_device)["peak"]
+    return {
+        "weight_bytes": weight_bytes,
+        "tensor_peak_bytes": int(peak - tensors_after_build),
+        "rss_peak_bytes": int(_peak_rss_bytes() - rss_after_build),
+    }
+
+
+def measure(
+    model_name: str, mode_name: str, xla: bool, steps: int, device: str, timeout: float = 900
+) -> dict:
+    """Runs `probe` in a fresh Python process and returns its result."""
+    env = dict(os.environ)
+    env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    command = [
+        sys.executable, "-m", "benchmarks.memory", model_name, mode_name,
+        "on" if xla else "off", "--steps", str(steps), "--device", device,
+    ]
+    completed = subprocess.run(
+        command, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    for line in completed.stdout.splitlines():
+        if line.startswith(_MARKER):
+            return json.loads(line[len(_MARKER):])
+    raise RuntimeError(
+        f"The memory probe for {model_name}/{mode_name} (xla {xla}) failed with exit "
+        f"code {completed.returncode}:\n{completed.stderr[-3000:]}"
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("mode")
+    parser.add_argument("xla", choices=("on", "off"))
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
+    args = parser.parse_args(argv)
+    result = probe(args.model, args.mode, args.xla == "on", args.steps, args.device)
+    print(_MARKER + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

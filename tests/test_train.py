@@ -1,0 +1,408 @@
+"""`keras-sam train` and its tf.data pipeline, offline on TFDS mock data.
+
+Every listed dataset and model trains for one or two tiny steps; the checks
+are on what a run must leave behind (history rows, optimizer iterations,
+weights that moved, files that load back and agree with each other), on the
+pipeline's numbers (crops, flips, label noise against NumPy and binomial
+bounds), and on the choice of strategy, precision and SAM wrapper.
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import keras_sam
+from keras_sam import train as train_module
+from keras_sam._validation import InvalidArgumentError
+from keras_sam.data import tfds_images
+from keras_sam.data.tfds_images import load_image_dataset, symmetric_label_noise
+from keras_sam.train import TrainConfig, main, train
+
+TINY = dict(max_examples=16, batch_size=8, epochs=1, verbose=0)
+
+
+@pytest.fixture(autouse=True)
+def offline_mock_data():
+    # Random examples from the datasets' own code: no download, no metadata.
+    with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+        yield
+
+
+class WeightRecorder(keras.callbacks.Callback):
+    """Records the trainable weights when training starts and ends."""
+
+    def on_train_begin(self, logs=None):
+        self.start = [np.array(w) for w in self.model.trainable_weights]
+        self.jit_compile = self.model.jit_compile
+        self.wrapper = type(self.model).__name__
+        classifier = getattr(self.model, "base_model", self.model)
+        network = classifier.layers[-1]  # after the Normalization layer
+        self.model_name = network.name
+        self.compute_dtype = network.layers[1].compute_dtype
+
+    def on_train_end(self, logs=None):
+        self.end = [np.array(w) for w in self.model.trainable_weights]
+
+
+def read_history(out):
+    with open(out / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# With the CLI test (mnist) one run per dataset; with the resume and CLI tests
+# they cover every SAM method, and with the slow one every listed model. Only
+# the first evaluates, exports and loads the model back (each costs a graph
+# trace); the others take one step.
+ONE_STEP = {"steps_per_epoch": 1, "test_split": None, "export": False}
+RUNS = [
+    # dataset, model, sam, classes, shape, flips, extra settings
+    pytest.param("cifar10", "resnet8", "sam", 10, (32, 32, 3), True, {}, id="cifar10"),
+    pytest.param("cifar100", "resnet20", "none", 100, (32, 32, 3), True,
+                 {"jit": False, **ONE_STEP}, id="cifar100"),
+    pytest.param("svhn_cropped", "wrn16_8", "none", 10, (32, 32, 3), False, ONE_STEP,
+                 id="svhn_cropped"),
+    pytest.param("fashion_mnist", "resnet8", "looksam", 10, (28, 28, 1), True,
+                 {"mixed_precision": True, "label_smoothing": 0.1, **ONE_STEP},
+                 id="fashion_mnist"),
+    # ResNet-56 is ResNet-20's code with n = 9, but its first trace alone costs
+    # ~40 CPU seconds.
+    pytest.param("cifar10", "resnet56", "none", 10, (32, 32, 3), True, ONE_STEP,
+                 id="resnet56", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("dataset, model, sam, classes, shape, flips, extra", RUNS)
+def test_train_each_dataset_and_model(
+    tmp_path, dataset, model, sam, classes, shape, flips, extra
+):
+    recorder = WeightRecorder()
+    config = TrainConfig(
+        dataset=dataset, model=model, sam=sam, out=str(tmp_path), **TINY, **extra
+    )
+    results = train(config, callbacks=[recorder])
+    steps = extra.get("steps_per_epoch", 2)  # 16 examples / batch 8
+    full_check = not extra
+
+    assert (results["num_classes"], tuple(results["image_shape"])) == (classes, shape)
+    assert results["flip"] is flips
+    assert results["steps_per_epoch"] == steps and results["optimizer_iterations"] == steps
+    expected_wrapper = {"none": "Functional", "sam": "SAMModel", "looksam": "LookSAMModel"}[sam]
+    assert recorder.wrapper == expected_wrapper
+    assert recorder.model_name == model
+    moved = [not np.array_equal(a, b) for a, b in zip(recorder.start, recorder.end)]
+    assert all(moved), "every trainable weight must receive an update"
+
+    history = read_history(tmp_path)
+    assert [row["epoch"] for row in history] == ["0"]
+    assert np.isfinite(float(history[0]["loss"]))
+    assert ("sharpness" in history[0]) is (sam != "none")
+    assert (history[0]["val_accuracy"] != "NA") is full_check  # CSVLogger writes NA
+    assert set(results["test"]) == ({"loss", "accuracy"} if full_check else set())
+    assert any((tmp_path / "tensorboard" / "train").iterdir())
+    assert (tmp_path / "backup" / "training_metadata.json").exists()
+    assert (tmp_path / "model.keras").stat().st_size > 0
+    assert (tmp_path / "saved_model").exists() is full_check
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["sam"] == sam and saved["optimizer_iterations"] == steps
+
+    if full_check:
+        # The saved model holds the final weights; the SavedModel serves the same.
+        loaded = keras.saving.load_model(tmp_path / "model.keras")
+        assert len(loaded.trainable_weights) == len(recorder.end)
+        for saved_weight, final in zip(loaded.trainable_weights, recorder.end):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved_weight), final)
+        x = np.random.default_rng(0).uniform(size=(3, *shape)).astype("float32")
+        logits = loaded.predict(x, verbose=0)
+        assert logits.shape == (3, classes) and logits.dtype == np.float32
+        served = tf.saved_model.load(str(tmp_path / "saved_model"))
+        np.testing.assert_allclose(served.serve(x).numpy(), logits, rtol=1e-5, atol=1e-5)
+        assert float(history[0]["val_accuracy"]) == pytest.approx(results["test"]["accuracy"])
+    if "jit" in extra:
+        assert recorder.jit_compile is extra["jit"]
+    if extra.get("mixed_precision"):
+        assert results["dtype_policy"] == "mixed_bfloat16"  # on CPU
+        assert recorder.compute_dtype == "bfloat16"
+        assert keras.mixed_precision.global_policy().name == "float32", "policy restored"
+
+
+def test_rerun_with_same_out_resumes(tmp_path):
+    """Epoch 1 only, then `--epochs 2`: the second run continues, not restarts."""
+    config = TrainConfig(
+        model="resnet8", sam="asam", out=str(tmp_path), export=False, test_split=None,
+        steps_per_epoch=1, **TINY
+    )
+    first = train(config)
+    after_first = [
+        keras.ops.convert_to_numpy(w)
+        for w in keras.saving.load_model(tmp_path / "model.keras").trainable_weights
+    ]
+
+    recorder = WeightRecorder()
+    config.epochs = 2
+    second = train(config, callbacks=[recorder])
+
+    assert (first["epochs_run"], second["epochs_run"], second["first_epoch"]) == (1, 1, 1)
+    assert recorder.wrapper == "SAMModel" and second["config"]["rho"] == 0.5  # ASAM
+    assert [row["epoch"] for row in read_history(tmp_path)] == ["0", "1"]
+    # The optimizer state came back too: 1 + 1 steps, not 1.
+    assert second["optimizer_iterations"] == 2
+    # Training started from the first run's final weights.
+    assert len(recorder.start) == len(after_first)
+    for start, previous_end in zip(recorder.start, after_first):
+        np.testing.assert_array_equal(start, previous_end)
+
+
+def test_cli_main_trains_and_writes(tmp_path, capsys):
+    status = main(
+        ["--dataset", "mnist", "--model", "resnet8", "--sam", "gsam", "--alpha", "0.2",
+         "--max-examples", "16", "--batch-size", "8", "--epochs", "1", "--steps-per-epoch", "1",
+         "--test-split", "none", "--no-export", "--verbose", "0", "--label-noise", "0.4",
+         "--out", str(tmp_path)]
+    )
+    assert status == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["optimizer_iterations"] == 1 and results["test"] == {}
+    assert results["image_shape"] == [28, 28, 1] and results["flip"] is False  # digits
+    assert results["config"]["label_noise"] == 0.4 and results["config"]["test_split"] is None
+    assert [row["epoch"] for row in read_history(tmp_path)] == ["0"]
+    assert "Trained resnet8 (gsam) on mnist" in capsys.readouterr().out
+    with zipfile.ZipFile(tmp_path / "model.keras") as archive:
+        config = json.loads(archive.read("config.json"))
+    assert config["class_name"] == "GSAMModel" and config["config"]["alpha"] == 0.2
+
+
+def test_add_parser_registers_train_with_run():
+    parser = argparse.ArgumentParser(prog="keras-sam")
+    train_module.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--sam", "gsam", "--rho", "0.1", "--no-flip"])
+    assert args.func is train_module.run
+    config = train_module.config_from_args(args)
+    assert (config.sam, config.rho, config.flip, config.model) == ("gsam", 0.1, False, "resnet20")
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--dataset", "--data-dir", "--model", "--sam", "--rho", "--optimizer", "--lr",
+        "--weight-decay", "--label-smoothing", "--label-noise", "--epochs", "--batch-size",
+        "--mixed-precision", "--strategy", "--jit", "--steps-per-epoch", "--max-examples",
+        "--out",
+    ):
+        assert flag in text
+    for choice in ("none,sam,asam,gsam,looksam", "auto,mirrored,multiworker,tpu"):
+        assert choice in text
+
+
+def test_missing_variant_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delattr(keras_sam, "LookSAMModel", raising=False)
+    status = main(["--sam", "looksam", "--out", str(tmp_path), "--max-examples", "16",
+                   "--batch-size", "8"])
+    assert status == 2
+    assert "`--sam looksam` needs keras_sam.LookSAMModel" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sam": "sgd"}, "`sam` must be one of none, sam, asam, gsam, looksam"),
+        ({"epochs": 0}, "`epochs` must be an integer >= 1"),
+        ({"label_noise": 1.5}, "`label_noise`"),
+        ({"rho": -0.1}, "`rho`"),
+        ({"batch_size": 32}, "fewer than one batch"),
+        ({"strategy": "tpu"}, "found no TPU"),
+    ],
+)
+def test_bad_settings_raise_before_training(tmp_path, change, message):
+    settings = {**TINY, "out": str(tmp_path), **change}
+    with pytest.raises(InvalidArgumentError, match=message):
+        train(TrainConfig(**settings))
+
+
+def test_defaults_are_filled_per_method_and_optimizer():
+    assert TrainConfig(sam="sam").validated().rho == 0.05
+    assert TrainConfig(sam="asam").validated().rho == 0.5
+    assert TrainConfig(sam="none", rho=0.3).validated().rho is None
+    assert TrainConfig(optimizer="adam").validated().lr == 1e-3
+    assert TrainConfig(dataset="mnist", model="wrn16_8", sam="none").validated().out.endswith(
+        "mnist-wrn16_8-none"
+    )
+
+
+def test_cosine_schedule_with_warmup():
+    config = TrainConfig(lr=0.2, epochs=10, warmup_epochs=1).validated()
+    schedule = train_module.cosine_schedule(config, total_steps=100)
+    lr = lambda step: float(schedule(step))  # noqa: E731
+    assert lr(0) == 0.0 and lr(5) == pytest.approx(0.1) and lr(10) == pytest.approx(0.2)
+    # Cosine from step 10 to 100: half-way at 55.
+    assert lr(55) == pytest.approx(0.1, rel=1e-5) and lr(100) == pytest.approx(0.0, abs=1e-7)
+    optimizer = train_module.build_optimizer(TrainConfig().validated(), total_steps=8)
+    assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.momentum == 0.9
+    adamw = train_module.build_optimizer(TrainConfig(optimizer="adamw").validated(), 8)
+    assert adamw.weight_decay == 5e-4
+
+
+def test_adamw_decays_in_the_optimizer_not_the_loss():
+    data = dict(num_classes=10, image_shape=(32, 32, 3), mean=[0.5] * 3, variance=[0.1] * 3)
+    sgd = train_module.build_model(TrainConfig(model="resnet8").validated(), **data)
+    adamw = train_module.build_model(
+        TrainConfig(model="resnet8", optimizer="adamw").validated(), **data
+    )
+    x = np.zeros((1, 32, 32, 3), "float32")
+    sgd(x), adamw(x)
+    assert len(sgd.base_model.losses) == len(sgd.base_model.trainable_weights) == 23
+    assert adamw.base_model.losses == []
+
+
+# ------------------------------------------------------------ strategies
+def test_auto_strategy_here_is_the_default_one():
+    strategy = train_module.select_strategy("auto")
+    assert strategy is tf.distribute.get_strategy()
+    assert train_module.mixed_precision_policy(strategy) == "mixed_bfloat16"
+
+
+def test_auto_strategy_mirrors_over_several_gpus(monkeypatch):
+    made = []
+    monkeypatch.setattr(train_module, "_find_tpu", lambda: None)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["g0", "g1"])
+    monkeypatch.setattr(tf.distribute, "MirroredStrategy", lambda: made.append("mirrored"))
+    train_module.select_strategy("auto")
+    assert made == ["mirrored"]
+    assert train_module.mixed_precision_policy(object()) == "mixed_float16"
+
+
+def test_auto_strategy_prefers_a_tpu(monkeypatch):
+    calls = []
+    resolver = object()
+    monkeypatch.setattr(train_module, "_find_tpu", lambda: resolver)
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", calls.append)
+    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", calls.append)
+    monkeypatch.setattr(tf.distribute, "TPUStrategy", lambda r: ("tpu", r))
+    assert train_module.select_strategy("auto") == ("tpu", resolver)
+    assert calls == [resolver, resolver]
+
+
+# -------------------------------------------------------------- pipeline
+def test_label_noise_rate_uniformity_and_determinism():
+    rate, classes, n = 0.4, 10, 200_000
+    labels = np.arange(n) % classes
+    table = symmetric_label_noise(n, rate, classes, seed=7)
+    np.testing.assert_array_equal(table, symmetric_label_noise(n, rate, classes, seed=7))
+    noisy = np.where(table >= 0, table, labels)
+    for observed, expected in (
+        (np.mean(table >= 0), rate),  # redrawn
+        (np.mean(noisy != labels), rate * (classes - 1) / classes),  # actually wrong
+    ):
+        assert abs(observed - expected) < 5 * np.sqrt(expected * (1 - expected) / n)
+    # Redrawn labels are uniform over all classes (the true class included).
+    counts = np.bincount(table[table >= 0], minlength=classes)
+    chi2 = np.sum((counts - counts.mean()) ** 2 / counts.mean())
+    assert chi2 < 40  # 9 degrees of freedom: P(chi2 > 40) < 1e-5
+    assert not np.array_equal(symmetric_label_noise(n, rate, classes, seed=8), table)
+    assert np.all(symmetric_label_noise(n, 0.0, classes) == -1)
+
+
+def _labels_by_image(dataset, batches):
+    found = {}
+    for images, labels in dataset.take(batches).as_numpy_iterator():
+        for image, label in zip(images, labels):
+            found[image.tobytes()] = int(np.argmax(label))
+    return found
+
+
+def test_noisy_labels_stay_fixed_across_epochs_and_test_stays_clean():
+    with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+        clean = load_image_dataset("cifar10", batch_size=8, augment=False)
+        noisy = load_image_dataset("cifar10", batch_size=8, augment=False, label_noise=1.0)
+    clean_labels = _labels_by_image(clean.train, 8)
+    epoch1 = _labels_by_image(noisy.train, 8)
+    epoch2 = _labels_by_image(noisy.train.skip(8), 8)
+    assert len(clean_labels) == len(epoch1) == 64
+    assert epoch1 == epoch2
+    changed = np.mean([epoch1[k] != clean_labels[k] for k in clean_labels])
+    assert 0.9 * 0.6 < changed  # expected 0.9 at rate 1.0; 64 draws
+    assert _labels_by_image(noisy.test, 8) == _labels_by_image(clean.test, 8)
+
+
+def test_crop_with_4_pixel_padding_and_flip_against_numpy():
+    image = np.arange(6 * 7 * 2, dtype=np.float32).reshape(6, 7, 2) + 1
+    padded = np.pad(image, [(4, 4), (4, 4), (0, 0)])
+    crops = {
+        padded[dy:dy + 6, dx:dx + 7].tobytes(): dy * 9 + dx for dy in range(9) for dx in range(9)
+    }
+    flips = {padded[dy:dy + 6, dx:dx + 7][:, ::-1].tobytes() for dy in range(9) for dx in range(9)}
+    tf.random.set_seed(0)
+    seen, flipped = set(), 0
+    for _ in range(120):
+        out = tfds_images._augment(tf.constant(image), flip=True).numpy()
+        assert out.tobytes() in crops or out.tobytes() in flips
+        flipped += out.tobytes() not in crops
+        seen.add(out.tobytes())
+    assert 30 < flipped < 90 and len(seen) > 40  # ~half flipped, many offsets
+    for _ in range(20):
+        out = tfds_images._augment(tf.constant(image), flip=False).numpy()
+        assert out.tobytes() in crops
+
+
+def test_pipeline_batches_statistics_and_digit_datasets():
+    with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
+        data = load_image_dataset("svhn_cropped", batch_size=8, max_examples=18)
+        raw = np.stack([image for image, _ in tfds.load(
+            "svhn_cropped", split="train", as_supervised=True).take(18).as_numpy_iterator()])
+    assert (data.train_examples, data.steps_per_epoch, data.flip) == (18, 2, False)
+    assert {"svhn_cropped", "mnist"} <= tfds_images.NO_FLIP_DATASETS
+    pixels = raw.reshape(-1, 3).astype(np.float64) / 255
+    np.testing.assert_allclose(data.mean, pixels.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(data.variance, pixels.var(0), rtol=1e-8)
+    images, labels = next(iter(data.train))
+    assert images.dtype == tf.float32 and 0 <= images.numpy().min() <= images.numpy().max() <= 1
+    assert labels.shape == (8, 10) and np.all(labels.numpy().sum(1) == 1)
+    test_batches = [len(y) for _, y in data.test]
+    assert test_batches == [8, 8, 2]  # the test remainder is kept (except on TPU)
+
+
+@pytest.mark.slow
+def test_multiworker_strategy_with_xla_in_a_subprocess(tmp_path):
+    """`--strategy multiworker --jit` (one worker): its own process, as collectives are global."""
+    script = (
+        "import sys, tensorflow_datasets as tfds\n"
+        "from keras_sam.train import main\n"
+        "with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):\n"
+        "    sys.exit(main(sys.argv[1:]))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TF_CONFIG", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", script, "--strategy", "multiworker", "--jit", "--model",
+         "resnet8", "--max-examples", "16", "--batch-size", "8", "--epochs", "1",
+         "--steps-per-epoch", "1", "--test-split", "none", "--no-export", "--verbose", "0",
+         "--out", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["strategy"] == "CollectiveAllReduceStrategy"  # MultiWorkerMirrored
+    assert results["optimizer_iterations"] == 1 and results["config"]["jit"] is True
+
+
+def test_tfds_can_reach_its_download_step():
+    """TFDS 4.9 imports `importlib_resources` when preparing a real dataset but
+    declares it only for Python < 3.9 (tensorflow/datasets#11212): without it
+    every real `keras-sam train` run fails before downloading anything."""
+    builder_class = type(tfds.builder("cifar10"))
+    assert builder_class.code_path.name == "cifar.py"  # imports importlib_resources

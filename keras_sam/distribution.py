@@ -10,7 +10,16 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-__all__ = ["all_reduce_sum", "all_replicas_finite", "apply_if", "num_replicas", "poison_unless"]
+__all__ = [
+    "all_reduce_sum",
+    "all_replicas_finite",
+    "apply_if",
+    "first_local_value",
+    "is_multi_worker",
+    "logs_for_reduction",
+    "num_replicas",
+    "poison_unless",
+]
 
 
 def num_replicas(strategy: tf.distribute.Strategy | None = None) -> int:
@@ -81,3 +90,31 @@ def apply_if(finite: tf.Tensor, optimizer, gradients, variables) -> None:
         tf.cond(agreed, apply_on_every_replica, lambda: None)
 
     context.merge_call(cross_replica, args=(gradients, finite))
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True for a `MultiWorkerMirroredStrategy` whose cluster has several workers."""
+    return isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ) and strategy.extended._in_multi_worker_mode()
+
+
+def first_local_value(strategy: tf.distribute.Strategy, structure):
+    """`structure` with each distributed value replaced by its first local copy."""
+    local = strategy.experimental_local_results
+    return tf.nest.map_structure(
+        lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+        structure,
+    )
+
+
+def logs_for_reduction(logs: dict, strategy: tf.distribute.Strategy) -> dict:
+    """Scalar logs as shape [1] under multi-worker training.
+
+    Keras 3.15 reduces logs across workers with `strategy.reduce("MEAN", v,
+    axis=0)`, which fails on a scalar; on shape [1] it is the mean over every
+    replica of the cluster. Elsewhere the logs are returned unchanged.
+    """
+    if not is_multi_worker(strategy):
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}

@@ -92,10 +92,13 @@ class LookSAMModel(SAMModel):
         stored = self._reused_direction_variables(variables)
         loss, gradients = self._clean_pass(x, y, sample_weight, variables)
         present = [i for i, g in enumerate(gradients) if g is not None]
+        # Taken before the tf.cond: the all-reduce of a synced ε̂ cannot run
+        # inside a cond branch under MirroredStrategy.
+        ascent_gradients = self._ascent_gradients(gradients)
 
         def full_step():
             sam_gradients = self._perturbed_gradients(
-                x, y, sample_weight, variables, loss, gradients
+                x, y, sample_weight, variables, loss, gradients, ascent_gradients
             )
             direction = orthogonal_part(sam_gradients, gradients)
             finite = tf.math.is_finite(global_norm(direction))

@@ -21,6 +21,7 @@ Variants change one hook each: `_ascent` (the ε̂ rule), `_descent_direction`
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import keras
 import tensorflow as tf
@@ -266,7 +267,11 @@ class SAMModel(keras.Model):
         logs["sharpness"] = self._sharpness_tracker.result()
         if self.skip_nonfinite:
             logs["skipped_steps"] = self._skipped_steps.value
-        return logs
+        return distribution.logs_for_reduction(logs, self.distribute_strategy)
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        return distribution.logs_for_reduction(logs, self.distribute_strategy)
 
     def _step_gradients(self, x, y, sample_weight, variables):
         """The descent gradient of the whole batch and the pieces' clean losses."""
@@ -317,9 +322,17 @@ class SAMModel(keras.Model):
         sam_gradients = self._perturbed_gradients(x, y, sample_weight, variables, loss, gradients)
         return self._descent_direction(gradients, sam_gradients), loss
 
-    def _perturbed_gradients(self, x, y, sample_weight, variables, loss, gradients):
-        """Ascent from the clean gradient, then the gradient at w + ε̂."""
-        e_hat = self._ascent(self._unscaled(gradients), variables)
+    def _perturbed_gradients(
+        self, x, y, sample_weight, variables, loss, gradients, ascent_gradients=None
+    ):
+        """Ascent from the clean gradient, then the gradient at w + ε̂.
+
+        `ascent_gradients` is `_ascent_gradients(gradients)` when the caller
+        has already computed it (outside a `tf.cond`, see `LookSAMModel`).
+        """
+        if ascent_gradients is None:
+            ascent_gradients = self._ascent_gradients(gradients)
+        e_hat = self._ascent(ascent_gradients, variables)
         perturbed_loss, sam_gradients = self._perturbed_pass(
             x, y, sample_weight, variables, e_hat
         )
@@ -384,10 +397,15 @@ class SAMModel(keras.Model):
             return tf.cast(self._rho_schedule(self.optimizer.iterations), tf.float32)
         return self._rho_variable.value
 
-    def _ascent(self, gradients, variables):
-        """ε̂ from the unscaled clean gradient; all-reduced first if synced."""
+    def _ascent_gradients(self, gradients):
+        """The gradient ε̂ is taken from: unscaled, and all-reduced if synced."""
+        gradients = self._unscaled(gradients)
         if self.sync_perturbation:
             gradients = distribution.all_reduce_sum(gradients)
+        return gradients
+
+    def _ascent(self, gradients, variables):
+        """ε̂ from the gradient of `_ascent_gradients`."""
         values = [v.value for v in variables] if self.adaptive else variables
         return perturbation(gradients, values, self._current_rho(), **self._ascent_options)
 
@@ -448,14 +466,25 @@ class SAMModel(keras.Model):
         """
         if self.train_function is not None and not force:
             return self.train_function
+        self._check_gradient_accumulation()
         if not self.optimizer.built and self.trainable_variables:
             # Built eagerly, outside the trace: an optimizer whose `build`
             # assigns values (ScheduleFreeAdamW copies the weights) loses them
             # when built inside a traced step.
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
-        self._xla_inside_replicas = self._multi_replica_jit()
-        with self._outer_jit_off(self._xla_inside_replicas):
+        multi_replica_jit = self._multi_replica_jit()
+        self._xla_inside_replicas = multi_replica_jit and not self._all_reduces_inside_passes()
+        if multi_replica_jit and not self._xla_inside_replicas:
+            warnings.warn(
+                "SAMModel: `jit_compile=True` is ignored under "
+                f"{type(self.distribute_strategy).__name__}: a replica's passes "
+                "all-reduce (`sync_perturbation=True` or a synchronized "
+                "BatchNormalization), which TensorFlow cannot run inside a "
+                "per-replica XLA function. Training runs without XLA.",
+                stacklevel=2,
+            )
+        with self._outer_jit_off(multi_replica_jit):
             return super().make_train_function(force)
 
     def make_test_function(self, force=False):
@@ -469,6 +498,40 @@ class SAMModel(keras.Model):
             return self.predict_function
         with self._outer_jit_off(self._multi_replica_jit()):
             return super().make_predict_function(force)
+
+    def _check_gradient_accumulation(self):
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        steps = getattr(optimizer, "gradient_accumulation_steps", None)
+        strategy = self.distribute_strategy
+        if steps and isinstance(strategy, tf.distribute.MirroredStrategy) and (
+            strategy.num_replicas_in_sync > 1
+        ):
+            raise ValueError(
+                f"`gradient_accumulation_steps={steps}` (an optimizer argument) is not "
+                f"supported under MirroredStrategy with {strategy.num_replicas_in_sync} "
+                f"replicas: Keras {keras.__version__} updates the weights inside a "
+                "`tf.cond` there, which TensorFlow rejects for every model. Use a "
+                f"global batch {steps}x larger instead, or train on one device."
+            )
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 reduces the first distributed batch across replicas with
+        # `strategy.reduce("MEAN")`, which fails across workers; only its
+        # shapes and dtypes are needed, so build from one replica's batch.
+        if iterator is not None and self._distribute_strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = distribution.first_local_value(
+                    self.distribute_strategy, next(batches)
+                )
+                break
+        return super()._maybe_symbolic_build(data_batch=data_batch)
+
+    def _all_reduces_inside_passes(self) -> bool:
+        # A synced ε̂ or synchronized BatchNorm all-reduce inside a replica's
+        # passes: a merge_call that fails inside a nested XLA tf.function.
+        return self.sync_perturbation or any(
+            getattr(layer, "synchronized", False) for layer in self._flatten_layers()
+        )
 
     def _multi_replica_jit(self) -> bool:
         replicas = distribution.num_replicas(self.distribute_strategy)

@@ -30,16 +30,6 @@ def test_summary_is_median_of_paired_ratios():
     assert summarize(times, baseline=None)["sam"].ratio is None
 
 
-def test_keras_and_tf_keras_models_have_the_same_weights():
-    tf_keras = pytest.importorskip("tf_keras")
-    import keras
-
-    from benchmarks.models import MODEL_NAMES, build, weight_shapes
-
-    for name in MODEL_NAMES:
-        assert weight_shapes(build(name, keras)) == weight_shapes(build(name, tf_keras)), name
-
-
 @pytest.mark.slow
 def test_script_prints_a_markdown_table():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

@@ -11,6 +11,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 
 
 class InvalidArgumentError(ValueError, TypeError):
@@ -39,28 +40,37 @@ def check_real(
         raise InvalidArgumentError(
             f"`{name}` must be {accepted}. Received: {name}={_describe(value)}."
         )
-    value = float(value)
+    received = value
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond any float
+        value = math.inf
+    with np.errstate(over="ignore"):
+        # The step computes in float32, where a larger value is inf.
+        in_float32 = bool(np.isfinite(np.float32(value)))
     too_small = minimum is not None and (
         value <= minimum if exclusive_minimum else value < minimum
     )
     too_large = maximum is not None and value > maximum
-    if not math.isfinite(value) or too_small or too_large:
+    if not in_float32 or too_small or too_large:
         raise InvalidArgumentError(
-            f"`{name}` must be {accepted}. Received: {name}={value!r}."
+            f"`{name}` must be {accepted} that float32 can hold (|x| < 3.4e38). "
+            f"Received: {name}={value if math.isfinite(value) else received!r}."
         )
     return value
 
 
-def check_int(name: str, value, *, minimum: int) -> int:
-    """Returns `value` as an int >= `minimum`, or raises."""
+def check_int(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
+    """Returns `value` as an int >= `minimum` (and <= `maximum`), or raises."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidArgumentError(
             f"`{name}` must be an integer >= {minimum}. "
             f"Received: {name}={_describe(value)}."
         )
-    if value < minimum:
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" + ("" if maximum is None else f" and <= {maximum}")
         raise InvalidArgumentError(
-            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}."
+            f"`{name}` must be an integer {bounds}. Received: {name}={value!r}."
         )
     return int(value)
 

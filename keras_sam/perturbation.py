@@ -33,13 +33,17 @@ __all__ = ["perturbation", "validate_p"]
 
 def validate_p(p: float) -> float:
     """Returns `p` as a float, or raises unless 1 < p <= inf."""
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not p > 1:
+    try:
+        value = None if isinstance(p, bool) or not isinstance(p, numbers.Real) else float(p)
+    except OverflowError:  # an int beyond any float
+        value = None
+    if value is None or not value > 1:
         raise InvalidArgumentError(
             "`p` must be a number with 1 < p <= inf (2 for SAM, "
             "float('inf') for sign ascent). "
             f"Received: p={p!r} (of type {type(p).__name__})."
         )
-    return float(p)
+    return value
 
 
 def _as_float32(tensor) -> tf.Tensor:
@@ -55,10 +59,12 @@ def _dual_direction(
     if p == 2.0:
         # The SAM paper's rule, literally: ρ·g / (‖g‖₂ + eps).
         norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in gradients]))
-        finite = tf.math.is_finite(norm)
-        scale = tf.where(finite, rho / (norm + eps), tf.zeros_like(norm))
+        # No ascent from a zero (or non-finite) gradient: with eps flushed to
+        # zero in float32, rho / (0 + eps) * 0 would be NaN.
+        usable = tf.logical_and(tf.math.is_finite(norm), norm > 0)
+        scale = tf.where(usable, rho / (norm + eps), tf.zeros_like(norm))
         # Non-finite entries would turn 0 * inf into NaN: zero them when skipping.
-        return [scale * tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+        return [scale * tf.where(usable, g, tf.zeros_like(g)) for g in gradients]
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
     gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
     scale = tf.where(finite, rho, tf.zeros_like(rho))
@@ -72,10 +78,8 @@ def _dual_direction(
     magnitudes = [tf.abs(u) for u in units]
     sum_q = tf.add_n([tf.reduce_sum(tf.pow(m, q_minus_1 + 1.0)) for m in magnitudes])
     norm = tf.pow(sum_q, 1.0 / p)
-    return [
-        (scale / (norm + eps)) * tf.sign(u) * tf.pow(m, q_minus_1)
-        for u, m in zip(units, magnitudes)
-    ]
+    scale = tf.where(norm > 0, scale / (norm + eps), tf.zeros_like(norm))  # as for p = 2
+    return [scale * tf.sign(u) * tf.pow(m, q_minus_1) for u, m in zip(units, magnitudes)]
 
 
 def perturbation(

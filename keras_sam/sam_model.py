@@ -151,6 +151,11 @@ class SAMModel(keras.Model):
         self._skipped_steps = keras.Variable(
             0, trainable=False, dtype="int64", name="skipped_steps"
         )
+        if base_model.built:
+            # Built like its base: `BackupAndRestore`, `save_weights` and
+            # `load_weights` need a built model, and `fit` then calls the base
+            # as plain Keras does, with plain Keras's errors for bad data.
+            self.built = True
 
     # ------------------------------------------------------------------ api
     @property
@@ -254,8 +259,8 @@ class SAMModel(keras.Model):
         def compute(x, y, sample_weight):
             return self._step_gradients(x, y, sample_weight, variables)
 
-        if self._jit_per_replica:
-            compute = tf.function(compute, jit_compile=True, autograph=False)
+        if not self._compiles_own_pieces:
+            compute = self._xla(compute)
         gradients, losses = compute(x, y, sample_weight)
         finite = self._apply(gradients, variables, losses)
         if self.skip_nonfinite:
@@ -453,7 +458,22 @@ class SAMModel(keras.Model):
 
     @property
     def _jit_per_replica(self) -> bool:
+        """Whether XLA compiles the passes apart from a plain outer step."""
         return bool(getattr(self, "_xla_inside_replicas", False))
+
+    # A subclass that compiles pieces of its passes itself (`LookSAMModel`,
+    # whose `tf.cond` XLA:CPU would run far slower) sets this.
+    _compiles_own_pieces = False
+
+    def _xla(self, function):
+        """`function` compiled with XLA when the passes are compiled apart."""
+        if self._jit_per_replica:
+            return tf.function(function, jit_compile=True, autograph=False)
+        return function
+
+    def _jit_apart_from_step(self) -> bool:
+        """Whether `jit_compile=True` compiles the passes, not the whole step."""
+        return self._multi_replica_jit()
 
     def make_train_function(self, force=False):
         """Under a multi-replica strategy, XLA-compiles each replica's passes.
@@ -474,8 +494,11 @@ class SAMModel(keras.Model):
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
         multi_replica_jit = self._multi_replica_jit()
-        self._xla_inside_replicas = multi_replica_jit and not self._all_reduces_inside_passes()
-        if multi_replica_jit and not self._xla_inside_replicas:
+        apart = self._jit_apart_from_step()
+        self._xla_inside_replicas = apart and not (
+            multi_replica_jit and self._all_reduces_inside_passes()
+        )
+        if apart and not self._xla_inside_replicas:
             warnings.warn(
                 "SAMModel: `jit_compile=True` is ignored under "
                 f"{type(self.distribute_strategy).__name__}: a replica's passes "
@@ -484,7 +507,7 @@ class SAMModel(keras.Model):
                 "per-replica XLA function. Training runs without XLA.",
                 stacklevel=2,
             )
-        with self._outer_jit_off(multi_replica_jit):
+        with self._outer_jit_off(apart):
             return super().make_train_function(force)
 
     def make_test_function(self, force=False):
@@ -546,6 +569,30 @@ class SAMModel(keras.Model):
             yield
         finally:
             self.jit_compile = jit_compile
+
+    # ------------------------------------------------------- saved state
+    # Keras saves no `SeedGenerator` state (keras-team/keras#19796): restored
+    # from `save`, `save_weights`, `BackupAndRestore` or a `tf.train.Checkpoint`,
+    # a model would draw the dropout masks of its first steps again. The
+    # wrapper saves its base's seed states with its own variables.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for i, state in enumerate(self._seed_states()):
+            store[f"seed_state_{i}"] = state
+
+    def load_own_variables(self, store):
+        seeds = {key: store[key] for key in store.keys() if key.startswith("seed_state_")}
+        super().load_own_variables({key: store[key] for key in store.keys() if key not in seeds})
+        for i, state in enumerate(self._seed_states()):
+            if f"seed_state_{i}" in seeds:  # absent from files of keras-sam 0.1.0
+                state.assign(seeds[f"seed_state_{i}"])
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type == "checkpoint":  # `tf.train.Checkpoint`, not SavedModel
+            for i, state in enumerate(self._seed_states()):
+                children[f"seed_state_{i}"] = state
+        return children
 
     # ------------------------------------------------------------- config
     def get_config(self):

@@ -10,11 +10,12 @@ median over rounds; its ratio to plain Keras is the median over rounds of the
 ratio to plain Keras *of the same round*, which cancels most of the noise of a
 shared machine. The spread (min-max over rounds) is printed beside each.
 
-Usage (the defaults produce the README table; about 10 minutes on 2 cores):
+Usage (the defaults produce the README table; about 40 minutes on 2 cores):
 
     python benchmarks/step_time.py
     python benchmarks/step_time.py --models small_cnn --modes plain,sam,tfk_plain,tfk_sam
     python benchmarks/step_time.py --memory              # adds peak memory per mode
+    python benchmarks/step_time.py --memory-only         # peak memory per mode, no timing
     python benchmarks/step_time.py --device gpu --steps 20 --rounds 7
 
 Modes: plain, sam, asam, looksam, gsam, sam_split2 (keras-sam; Keras 3) and
@@ -106,7 +107,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--memory", action="store_true",
         help="also measure peak memory, each mode in its own subprocess",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--memory-only", action="store_true",
+        help="measure peak memory only (no timing); implies --memory",
+    )
+    args = parser.parse_args(argv)
+    args.memory = args.memory or args.memory_only
+    return args
 
 
 def _progress(message: str) -> None:
@@ -304,7 +311,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     machine = machine_description(tf_device)
     results = {}
-    for model_name in args.models:
+    for model_name in [] if args.memory_only else args.models:
         for xla in args.xla:
             results[(model_name, xla)] = time_group(model_name, xla, modes, args)
     memory = {}
@@ -324,14 +331,16 @@ def main(argv=None) -> int:
     print(f"Command: `{command}`  ")
     print(f"Machine: {machine}  ")
     print(
+        "Memory only: no timing.\n" if args.memory_only else
         f"{args.rounds} interleaved rounds of {args.steps} steps per mode after two "
         f"warm-up epochs of {args.warmup_steps} steps; medians over rounds, ratios "
         f"paired within a round (min–max over rounds in brackets); "
         f"took {time.perf_counter() - started:.0f} s.\n"
     )
-    print(results_table(results))
-    print("\n### Targets\n")
-    print(targets_table(results))
+    if results:
+        print(results_table(results))
+        print("\n### Targets\n")
+        print(targets_table(results))
     if memory:
         print("\n### Peak memory (each mode in a fresh process)\n")
         print(memory_table(memory))

@@ -282,7 +282,11 @@ class SAMModel(keras.Model):
         """The descent gradient of the whole batch and the pieces' clean losses."""
         gradients, losses = None, []
         for piece, weight in self._batch_pieces(x, y, sample_weight):
-            piece_gradients, loss = self._sam_gradients(*piece, variables)
+            # One piece after the other: run side by side, the pieces' passes
+            # would hold all their activations at once.
+            after = [] if gradients is None else [g for g in gradients if g is not None]
+            with tf.control_dependencies(after):
+                piece_gradients, loss = self._sam_gradients(*piece, variables)
             losses.append(loss)
             if weight is not None:
                 piece_gradients = [

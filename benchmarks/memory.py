@@ -10,7 +10,10 @@ was built and compiled (weights allocated, nothing traced or run yet):
   number to compare with a copy of the weights: it holds activations,
   gradients, optimizer slots and SAM's ε̂, w + ε̂ and second gradient.
 - RSS: the process's peak resident memory (`resource.getrusage` maxrss) minus
-  its RSS after the build. It also counts tracing and graph optimization, and
+  its RSS after the build.
+
+Each probe runs TensorFlow with one inter-op thread, so that ops run in a fixed
+order and the peak is the same from run to run. It also counts tracing and graph optimization, and
   the allocator's caching, so it is coarse (several MiB of noise).
 
 Run one probe by hand (prints one JSON line):
@@ -51,6 +54,10 @@ def probe(model_name: str, mode_name: str, xla: bool, steps: int, device: str) -
 
     tf_device = configure_device(device)
     import tensorflow as tf
+
+    # One inter-op thread: ops run one at a time in a fixed order, so the
+    # peak repeats from run to run (with a pool it varied by ±10 MiB).
+    tf.config.threading.set_inter_op_parallelism_threads(1)
 
     from benchmarks.modes import MODES, compile_mode
 

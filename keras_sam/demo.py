@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_sam import _argtypes as argtypes
 from keras_sam import diagnostics
 from keras_sam.data.mnist1d import load_noisy_mnist1d
 from keras_sam.models.cnn1d import mnist1d_cnn
@@ -375,53 +376,6 @@ def format_table(rows: Sequence[dict], settings: DemoSettings) -> str:
 
 
 # ------------------------------------------------------------------ command line
-def _number(text: str, kind=float):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
-        ) from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _noise_fraction(text: str) -> float:
-    value = _number(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Registers the `demo` subcommand on an argparse subparsers object."""
     defaults = DemoSettings()
@@ -438,13 +392,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--noise",
-        type=_noise_fraction,
+        type=argtypes.fraction_below_one,
         default=defaults.noise,
         help="share of training labels replaced by a wrong class, in [0, 1) (default: %(default)s)",
     )
     parser.add_argument(
         "--rho",
-        type=_non_negative,
+        type=argtypes.non_negative,
         default=None,
         help=f"SAM radius (default: {DEFAULT_RHO}; {DEFAULT_ADAPTIVE_RHO} with --adaptive)",
     )
@@ -460,20 +414,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--lr",
         "--learning-rate",
         dest="learning_rate",
-        type=_positive,
+        type=argtypes.positive,
         default=None,
         help="peak learning rate of the cosine decay (default: 0.05 for sgd and "
         "nesterov, 0.001 otherwise)",
     )
     parser.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=None,
         help=f"epochs of each run (default: {defaults.epochs}; {QUICK['epochs']} with --quick)",
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.batch_size,
         help="training batch size (default: %(default)s)",
     )
@@ -481,7 +435,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--seed",
         "--seeds",
         dest="seeds",
-        type=_seed,
+        type=argtypes.non_negative_int,
         nargs="+",
         default=[0],
         metavar="SEED",

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -41,6 +40,7 @@ import keras
 import tensorflow as tf
 
 import keras_sam
+from keras_sam import _argtypes as argtypes
 from keras_sam._validation import InvalidArgumentError, check_int, check_real
 from keras_sam.data.tfds_images import load_image_dataset
 from keras_sam.models.resnet import MODEL_NAMES, get_model
@@ -396,20 +396,6 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
 
 
 # -------------------------------------------------------------------- cli
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     defaults = TrainConfig()
     data = parser.add_argument_group("data")
@@ -433,7 +419,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="random horizontal flips (default: on, except for digit/character "
         "datasets such as mnist and svhn_cropped)",
     )
-    data.add_argument("--image-size", type=_positive_int, help="resize images to this size")
+    data.add_argument("--image-size", type=argtypes.positive_int, help="resize images to this size")
     data.add_argument(
         "--cache",
         action=argparse.BooleanOptionalAction,
@@ -442,13 +428,13 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--label-noise",
-        type=_fraction,
+        type=argtypes.fraction,
         default=defaults.label_noise,
         help="fraction of training labels redrawn uniformly at random, fixed for "
         "the run; the test set stays clean (default: %(default)s)",
     )
     data.add_argument(
-        "--max-examples", type=_positive_int, help="use only this many examples per split"
+        "--max-examples", type=argtypes.positive_int, help="use only this many examples per split"
     )
 
     model = parser.add_argument_group("model")
@@ -466,7 +452,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "B = 1x1 projection (default: %(default)s)",
     )
     model.add_argument(
-        "--dropout", type=_fraction, default=defaults.dropout, help="Wide ResNet dropout"
+        "--dropout", type=argtypes.fraction, default=defaults.dropout, help="Wide ResNet dropout"
     )
 
     sam = parser.add_argument_group("sharpness-aware minimization")
@@ -479,7 +465,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sam.add_argument(
         "--alpha", type=float, help="GSAM's or LookSAM's alpha (default: the class default)"
     )
-    sam.add_argument("--looksam-k", type=_positive_int, help="LookSAM: SAM step every k steps")
+    sam.add_argument(
+        "--looksam-k", type=argtypes.positive_int, help="LookSAM: SAM step every k steps"
+    )
 
     optimization = parser.add_argument_group("optimization")
     optimization.add_argument(
@@ -509,22 +497,25 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     optimization.add_argument(
         "--label-smoothing",
-        type=_fraction,
+        type=argtypes.fraction,
         default=defaults.label_smoothing,
         help="(default: %(default)s)",
     )
     optimization.add_argument(
-        "--epochs", type=_positive_int, default=defaults.epochs, help="(default: %(default)s)"
+        "--epochs",
+        type=argtypes.positive_int,
+        default=defaults.epochs,
+        help="(default: %(default)s)",
     )
     optimization.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=defaults.batch_size,
         help="global batch size (default: %(default)s)",
     )
     optimization.add_argument(
         "--steps-per-epoch",
-        type=_positive_int,
+        type=argtypes.positive_int,
         help="steps per epoch (default: training examples // batch size)",
     )
     optimization.add_argument("--seed", type=int, default=defaults.seed, help="(default: 0)")

@@ -16,9 +16,15 @@ Each probe runs TensorFlow with one inter-op thread, so that ops run in a fixed
 order and the peak is the same from run to run. It also counts tracing and graph optimization, and
   the allocator's caching, so it is coarse (several MiB of noise).
 
+Without XLA the peak also depends on the order in which TensorFlow's graph
+executor runs ready ops, and that order follows the ops' names: `--name`
+renames the trained model (its ops are named after it) to see how much. With
+XLA the compiler's own scheduler decides and names do not matter.
+
 Run one probe by hand (prints one JSON line):
 
     python -m benchmarks.memory small_cnn sam off --steps 2
+    python -m benchmarks.memory small_cnn sam off --steps 2 --name a
 """
 
 from __future__ import annotations
@@ -48,8 +54,14 @@ def _peak_rss_bytes() -> int:
     return kib * 1024
 
 
-def probe(model_name: str, mode_name: str, xla: bool, steps: int, device: str) -> dict:
-    """Trains one mode for two epochs of `steps` steps; returns its memory use."""
+def probe(
+    model_name: str, mode_name: str, xla: bool, steps: int, device: str, name: str | None = None
+) -> dict:
+    """Trains one mode for two epochs of `steps` steps; returns its memory use.
+
+    `name`, when given, renames the model that `fit` trains (the wrapper, for
+    a SAM mode) before its train function is traced.
+    """
     from benchmarks.environment import configure_device, random_dataset
 
     tf_device = configure_device(device)
@@ -63,6 +75,9 @@ def probe(model_name: str, mode_name: str, xla: bool, steps: int, device: str) -
 
     dataset = random_dataset()
     traced = compile_mode(model_name, MODES[mode_name], xla)
+    if name is not None:
+        # Keras 3 names are plain attributes; tf-keras's `name` is read-only.
+        setattr(traced.model, "_name" if traced.mode.framework == "tf_keras" else "name", name)
     weight_bytes = sum(
         int(v.numpy().nbytes) for v in traced.model.trainable_weights
     )
@@ -80,7 +95,13 @@ def probe(model_name: str, mode_name: str, xla: bool, steps: int, device: str) -
 
 
 def measure(
-    model_name: str, mode_name: str, xla: bool, steps: int, device: str, timeout: float = 900
+    model_name: str,
+    mode_name: str,
+    xla: bool,
+    steps: int,
+    device: str,
+    name: str | None = None,
+    timeout: float = 900,
 ) -> dict:
     """Runs `probe` in a fresh Python process and returns its result."""
     env = dict(os.environ)
@@ -92,7 +113,7 @@ def measure(
     command = [
         sys.executable, "-m", "benchmarks.memory", model_name, mode_name,
         "on" if xla else "off", "--steps", str(steps), "--device", device,
-    ]
+    ] + ([] if name is None else ["--name", name])
     completed = subprocess.run(
         command, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -112,8 +133,9 @@ def main(argv=None) -> None:
     parser.add_argument("xla", choices=("on", "off"))
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
+    parser.add_argument("--name", default=None, help="rename the trained model")
     args = parser.parse_args(argv)
-    result = probe(args.model, args.mode, args.xla == "on", args.steps, args.device)
+    result = probe(args.model, args.mode, args.xla == "on", args.steps, args.device, args.name)
     print(_MARKER + json.dumps(result), flush=True)
 
 

@@ -6,6 +6,8 @@ layer by layer, as ours.
 
 - `small_cnn`: 32x32x3 -> conv32-BN-ReLU-pool -> conv32-BN-ReLU-pool ->
   conv64-BN-ReLU -> global average pooling -> dense 10 (logits).
+- `small_cnn_no_bn` (a diagnostic, not in the default table): the small CNN
+  without BatchNormalization.
 - `resnet20`: the CIFAR ResNet-20 of He et al. (2016) exactly as
   `keras_sam.models.resnet.resnet(20, 10)` builds it (3 stages of 3 basic
   blocks with 16/32/64 filters, option-A zero-padded identity shortcuts,
@@ -28,30 +30,50 @@ from types import ModuleType
 
 import tensorflow as tf
 
-__all__ = ["MODEL_NAMES", "build", "resnet20", "small_cnn", "weight_shapes"]
+__all__ = [
+    "DEFAULT_MODEL_NAMES",
+    "MODEL_NAMES",
+    "build",
+    "resnet20",
+    "small_cnn",
+    "small_cnn_no_bn",
+    "weight_shapes",
+]
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 
 
-def _conv_bn_relu(layers, x, filters: int, strides: int = 1):
+def _conv_bn_relu(layers, x, filters: int, strides: int = 1, batch_norm: bool = True):
     x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    if batch_norm:
+        x = layers.BatchNormalization()(x)
     return layers.ReLU()(x)
 
 
-def small_cnn(api: ModuleType):
+def small_cnn(api: ModuleType, batch_norm: bool = True):
     """The small CNN, in `api` (the `keras` or `tf_keras` module)."""
     layers = api.layers
     inputs = api.Input(INPUT_SHAPE)
-    x = _conv_bn_relu(layers, inputs, 32)
+    x = _conv_bn_relu(layers, inputs, 32, batch_norm=batch_norm)
     x = layers.MaxPooling2D()(x)
-    x = _conv_bn_relu(layers, x, 32)
+    x = _conv_bn_relu(layers, x, 32, batch_norm=batch_norm)
     x = layers.MaxPooling2D()(x)
-    x = _conv_bn_relu(layers, x, 64)
+    x = _conv_bn_relu(layers, x, 64, batch_norm=batch_norm)
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(NUM_CLASSES)(x)
-    return api.Model(inputs, outputs, name="small_cnn")
+    return api.Model(inputs, outputs, name="small_cnn" if batch_norm else "small_cnn_no_bn")
+
+
+def small_cnn_no_bn(api: ModuleType):
+    """The small CNN without its BatchNormalization layers (a diagnostic).
+
+    Keras 3 builds BatchNormalization from unfused ops where tf-keras calls
+    TensorFlow's fused kernel, and the Keras 2 SAM runs its first pass with
+    BatchNorm in inference mode. Without BatchNorm both differences vanish, so
+    this model compares the frameworks' SAM steps on equal terms.
+    """
+    return small_cnn(api, batch_norm=False)
 
 
 @functools.cache
@@ -128,8 +150,14 @@ def weight_shapes(model) -> list[tuple[int, ...]]:
     return [tuple(int(d) for d in w.shape) for w in model.weights]
 
 
-_BUILDERS: dict[str, Callable] = {"small_cnn": small_cnn, "resnet20": resnet20}
+_BUILDERS: dict[str, Callable] = {
+    "small_cnn": small_cnn,
+    "resnet20": resnet20,
+    "small_cnn_no_bn": small_cnn_no_bn,
+}
 MODEL_NAMES = tuple(_BUILDERS)
+# The two models of the benchmark's table; the others are diagnostics.
+DEFAULT_MODEL_NAMES = ("small_cnn", "resnet20")
 
 
 def build(name: str, api: ModuleType):

@@ -16,6 +16,8 @@ Usage (the defaults produce the README table; about 40 minutes on 2 cores):
     python benchmarks/step_time.py --models small_cnn --modes plain,sam,tfk_plain,tfk_sam
     python benchmarks/step_time.py --memory              # adds peak memory per mode
     python benchmarks/step_time.py --memory-only         # peak memory per mode, no timing
+    python benchmarks/step_time.py --memory-only --xla off --memory-names sam_model,a,x
+    python benchmarks/step_time.py --models small_cnn_no_bn,small_cnn  # BatchNorm's share
     python benchmarks/step_time.py --device gpu --steps 20 --rounds 7
 
 Modes: plain, sam, asam, looksam, gsam, sam_split2 (keras-sam; Keras 3) and
@@ -37,7 +39,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.models import MODEL_NAMES
+from benchmarks.models import DEFAULT_MODEL_NAMES, MODEL_NAMES
 from benchmarks.modes import DEFAULT_MODES, MODES, Mode, unavailable_reason
 from benchmarks.timing import Summary, interleaved_rounds, paired_ratios, summarize
 
@@ -73,7 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--models", type=lambda t: _names(t, MODEL_NAMES, "model"),
-        default=list(MODEL_NAMES), help="comma-separated (default: all)",
+        default=list(DEFAULT_MODEL_NAMES),
+        help=f"comma-separated, of {', '.join(MODEL_NAMES)} "
+        f"(default: {','.join(DEFAULT_MODEL_NAMES)})",
     )
     parser.add_argument(
         "--modes", type=lambda t: _names(t, MODES, "mode"),
@@ -110,6 +114,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--memory-only", action="store_true",
         help="measure peak memory only (no timing); implies --memory",
+    )
+    parser.add_argument(
+        "--memory-names", type=lambda text: [n for n in text.split(",") if n], default=None,
+        help="comma-separated model names: probe each mode once per name, with the "
+        "trained model renamed (without XLA, TensorFlow's op order follows op names); "
+        "the table then shows min–max over names (default: the models' own names)",
     )
     args = parser.parse_args(argv)
     args.memory = args.memory or args.memory_only
@@ -261,30 +271,44 @@ def targets_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _mib_range(values: list[float], digits: int = 2) -> str:
+    """Bytes as MiB, or 'low–high' MiB when there are several values."""
+    low, high = min(values) / 1024.0**2, max(values) / 1024.0**2
+    return f"{low:.{digits}f}" if len(values) == 1 else f"{low:.{digits}f}–{high:.{digits}f}"
+
+
 def memory_table(memory: dict) -> str:
-    """Peak memory per mode, and the extra over its framework's plain `fit`."""
-    mib = 1024.0**2
+    """Peak memory per mode, and the extra over its framework's plain `fit`.
+
+    `memory` maps (model, xla, mode) to one probe result per model name probed
+    (the same names, in the same order, for every mode); each mode's extra is
+    paired with its baseline probed under the same name.
+    """
     lines = [
         "| model | mode | xla | trainable weights MiB | peak tensor MiB over build | extra over "
         "plain MiB | budget (weights + gradients) MiB | peak RSS MiB over build |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (model_name, xla, name), probe in memory.items():
-        baseline = memory.get((model_name, xla, MODES[name].baseline))
+    for (model_name, xla, name), probes in memory.items():
+        baselines = memory.get((model_name, xla, MODES[name].baseline))
         extra = (
-            "—" if baseline is None or name == MODES[name].baseline
-            else f"{(probe['tensor_peak_bytes'] - baseline['tensor_peak_bytes']) / mib:.2f}"
+            "—" if baselines is None or name == MODES[name].baseline
+            else _mib_range([
+                probe["tensor_peak_bytes"] - baseline["tensor_peak_bytes"]
+                for probe, baseline in zip(probes, baselines)
+            ])
         )
+        weight_bytes = probes[0]["weight_bytes"]
         lines.append(
-            "| {} | {} | {} | {:.2f} | {:.2f} | {} | {:.2f} | {:.1f} |".format(
+            "| {} | {} | {} | {:.2f} | {} | {} | {:.2f} | {} |".format(
                 model_name,
                 MODES[name].label,
                 "on" if xla else "off",
-                probe["weight_bytes"] / mib,
-                probe["tensor_peak_bytes"] / mib,
+                weight_bytes / 1024.0**2,
+                _mib_range([probe["tensor_peak_bytes"] for probe in probes]),
                 extra,
-                2 * probe["weight_bytes"] / mib,
-                probe["rss_peak_bytes"] / mib,
+                2 * weight_bytes / 1024.0**2,
+                _mib_range([probe["rss_peak_bytes"] for probe in probes], digits=1),
             )
         )
     return "\n".join(lines)
@@ -322,9 +346,10 @@ def main(argv=None) -> int:
             for xla in args.xla:
                 for name in modes:
                     _progress(f"[{model_name}, xla {'on' if xla else 'off'}] memory of {name}")
-                    memory[(model_name, xla, name)] = measure(
-                        model_name, name, xla, args.warmup_steps, args.device
-                    )
+                    memory[(model_name, xla, name)] = [
+                        measure(model_name, name, xla, args.warmup_steps, args.device, renamed)
+                        for renamed in args.memory_names or [None]
+                    ]
     command = " ".join(["python benchmarks/step_time.py", *(argv or sys.argv[1:])])
     threads = "TensorFlow's default threads" if args.threads is None else f"{args.threads} threads"
     print(f"## Step time, batch {args.batch_size}, {tf_device}, {args.clock} clock, {threads}\n")
@@ -342,7 +367,11 @@ def main(argv=None) -> int:
         print("\n### Targets\n")
         print(targets_table(results))
     if memory:
-        print("\n### Peak memory (each mode in a fresh process)\n")
+        names = (
+            "" if not args.memory_names
+            else f"; min–max over the model names {', '.join(args.memory_names)}"
+        )
+        print(f"\n### Peak memory (each mode in a fresh process{names})\n")
         print(memory_table(memory))
     if notes:
         print("\n" + "\n".join(notes))

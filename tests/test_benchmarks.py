@@ -49,3 +49,47 @@ def test_script_prints_a_markdown_table():
     assert [row.split("|")[2].strip() for row in rows[:2]] == ["plain Keras fit", "SAMModel"]
     assert all("no retracing" in row for row in rows[:2])
     assert any(line.startswith("Machine: CPU") for line in lines)
+
+
+def test_memory_table_pairs_each_name_with_plain_under_the_same_name():
+    from benchmarks.step_time import memory_table
+
+    mib = 1024**2
+
+    def probe(peak_mib):
+        return {"weight_bytes": mib, "tensor_peak_bytes": int(peak_mib * mib), "rss_peak_bytes": 0}
+
+    # Two names: plain peaks 80 and 90, SAM 81 and 100 -> extra 1 and 10 MiB.
+    memory = {
+        ("small_cnn", False, "plain"): [probe(80), probe(90)],
+        ("small_cnn", False, "sam"): [probe(81), probe(100)],
+    }
+    rows = memory_table(memory).splitlines()[2:]
+    plain_cells = [cell.strip() for cell in rows[0].split("|")]
+    sam_cells = [cell.strip() for cell in rows[1].split("|")]
+    assert plain_cells[5:7] == ["80.00–90.00", "—"]
+    assert sam_cells[5:8] == ["81.00–100.00", "1.00–10.00", "2.00"]
+    # One name: plain numbers, no ranges.
+    single = {key: probes[:1] for key, probes in memory.items()}
+    assert [c.strip() for c in memory_table(single).splitlines()[3].split("|")][5:7] == [
+        "81.00",
+        "1.00",
+    ]
+
+
+def test_diagnostic_model_is_the_small_cnn_without_batch_norm():
+    import keras
+
+    from benchmarks.models import DEFAULT_MODEL_NAMES, build, weight_shapes
+
+    with_bn, without_bn = build("small_cnn", keras), build("small_cnn_no_bn", keras)
+    batch_norm = [
+        w for layer in with_bn.layers
+        if isinstance(layer, keras.layers.BatchNormalization) for w in layer.weights
+    ]
+    assert len(batch_norm) == 12
+    layer_types = {type(layer) for layer in without_bn.layers}
+    assert keras.layers.BatchNormalization not in layer_types
+    kept = [tuple(w.shape) for w in with_bn.weights if all(w is not b for b in batch_norm)]
+    assert weight_shapes(without_bn) == kept
+    assert "small_cnn_no_bn" not in DEFAULT_MODEL_NAMES

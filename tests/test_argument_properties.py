@@ -291,6 +291,7 @@ _BEFORE_SAM_MATH = {
     "train_step",
     "compute",
     "_step_gradients",
+    "_pieces_gradients",
     "_sam_gradients",
     "_clean_pass",
     "_maybe_symbolic_build",

@@ -12,9 +12,11 @@ was built and compiled (weights allocated, nothing traced or run yet):
 - RSS: the process's peak resident memory (`resource.getrusage` maxrss) minus
   its RSS after the build.
 
-Each probe runs TensorFlow with one inter-op thread, so that ops run in a fixed
-order and the peak is the same from run to run. It also counts tracing and graph optimization, and
-  the allocator's caching, so it is coarse (several MiB of noise).
+Each probe runs TensorFlow with one inter-op thread, so that ops run in a
+steadier order (with a pool the peak varied by ±10 MiB from run to run; with
+one thread plain Keras's small-CNN peak still differed by up to 18 MiB between
+two runs under the same name). It also counts tracing and graph optimization,
+and the allocator's caching, so it is coarse (several MiB of noise).
 
 Without XLA the peak also depends on the order in which TensorFlow's graph
 executor runs ready ops, and that order follows the ops' names: `--name`
@@ -67,8 +69,8 @@ def probe(
     tf_device = configure_device(device)
     import tensorflow as tf
 
-    # One inter-op thread: ops run one at a time in a fixed order, so the
-    # peak repeats from run to run (with a pool it varied by ±10 MiB).
+    # One inter-op thread: a steadier op order, so the peak varies less from
+    # run to run (see the module docstring).
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
     from benchmarks.modes import MODES, compile_mode

@@ -18,6 +18,7 @@ import json
 import random
 import socket
 
+import keras
 import matplotlib.image
 import numpy as np
 import pytest
@@ -162,6 +163,35 @@ def test_base_and_sam_with_rho_zero_train_to_the_same_weights():
     np.testing.assert_allclose(base_history["loss"], sam_history["loss"], rtol=1e-6)
     gap = max(np.max(np.abs(a - b)) for a, b in zip(base.get_weights(), shuffled.get_weights()))
     assert gap > 1e-3
+
+
+@pytest.mark.parametrize("method", ["base", "sam"])
+def test_one_epoch_per_call_trains_to_the_same_weights_as_one_step_per_call(
+    method, monkeypatch
+):
+    """The demo runs an epoch per call into TensorFlow; only the number of
+    calls may change, not one bit of the weights or of the logged history."""
+    compiled = []
+    original_compile = keras.Model.compile
+
+    def recording_compile(model, *args, **kwargs):
+        compiled.append(kwargs.get("steps_per_execution", 1))
+        return original_compile(model, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "compile", recording_compile)
+    train, test = load_noisy_mnist1d(0.4, seed=0, num_samples=250)  # 200 train: 7 steps
+    settings = DemoSettings(epochs=2, batch_size=32, verbose=0)
+    initial = starting_weights(0)
+    per_epoch, per_epoch_history = train_run(method, initial, train, test, settings, seed=0)
+    per_step, per_step_history = train_run(
+        method, initial, train, test, settings, seed=0, steps_per_execution=1
+    )
+    # The trainer's compile; SAM's base is compiled again for evaluation.
+    assert compiled[:: 2 if method == "sam" else 1] == [7, 1]
+    assert any(not np.array_equal(a, b) for a, b in zip(initial, per_epoch.get_weights()))
+    for a, b in zip(per_epoch.get_weights(), per_step.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert per_epoch_history == per_step_history
 
 
 # -------------------------------------------------------------- the quick run

@@ -118,6 +118,10 @@ class LookSAMModel(SAMModel):
             scale = self.alpha * tf.math.divide_no_nan(global_norm(clean), global_norm(reused))
             return [g + tf.cast(scale, g.dtype) * d for g, d in zip(clean, reused)]
 
+        # Each branch is its own XLA program and the cond stays a TensorFlow
+        # op: XLA:CPU runs the convolutions of a compiled `tf.cond` branch many
+        # times slower than the same ops outside one (measured: 4-9x a plain
+        # step).
         chosen = tf.cond(
             tf.equal(self._look_step % self.k, 0), self._xla(full_step), self._xla(reuse_step)
         )
@@ -126,17 +130,6 @@ class LookSAMModel(SAMModel):
         for i, g in zip(present, chosen):
             result[i] = g
         return result, loss
-
-    @property
-    def _compiles_own_pieces(self) -> bool:
-        return self.k > 1
-
-    def _jit_apart_from_step(self) -> bool:
-        # XLA:CPU runs the convolutions of a compiled `tf.cond` branch many
-        # times slower than the same ops outside one (measured: 4-9x a plain
-        # step). So the clean pass and each branch are compiled on their own
-        # and the cond between them stays a TensorFlow op.
-        return super()._jit_apart_from_step() or (bool(self.jit_compile) and self.k > 1)
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         # `tf.train.Checkpoint` does not follow a list of variables.

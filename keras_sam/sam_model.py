@@ -265,12 +265,7 @@ class SAMModel(keras.Model):
             )
         restorable = self._skippable_state() if self.skip_nonfinite else []
         saved = [tf.identity(v.value) for v in restorable]
-        def compute(x, y, sample_weight):
-            return self._step_gradients(x, y, sample_weight, variables)
-
-        if not self._compiles_own_pieces:
-            compute = self._xla(compute)
-        gradients, losses = compute(x, y, sample_weight)
+        gradients, losses = self._step_gradients(x, y, sample_weight, variables)
         finite = self._apply(gradients, variables, losses)
         if self.skip_nonfinite:
             # Undo the clean pass's BatchNorm update of a skipped step.
@@ -340,8 +335,20 @@ class SAMModel(keras.Model):
 
     def _sam_gradients(self, x, y, sample_weight, variables):
         """(descent gradient, clean loss) of one piece (scaled as for `apply`)."""
-        loss, gradients = self._clean_pass(x, y, sample_weight, variables)
-        sam_gradients = self._perturbed_gradients(x, y, sample_weight, variables, loss, gradients)
+
+        def clean_pass():
+            loss, gradients = self._clean_pass(x, y, sample_weight, variables)
+            return loss, gradients, self._ascent_gradients(gradients)
+
+        def perturbed_pass(loss, gradients, ascent_gradients):
+            return self._perturbed_gradients(
+                x, y, sample_weight, variables, loss, gradients, ascent_gradients
+            )
+
+        # Under `jit_compile=True` each pass is its own XLA program (see
+        # `make_train_function`).
+        loss, gradients, ascent_gradients = self._xla(clean_pass)()
+        sam_gradients = self._xla(perturbed_pass)(loss, gradients, ascent_gradients)
         return self._descent_direction(gradients, sam_gradients), loss
 
     def _perturbed_gradients(
@@ -475,12 +482,8 @@ class SAMModel(keras.Model):
 
     @property
     def _jit_per_replica(self) -> bool:
-        """Whether XLA compiles the passes apart from a plain outer step."""
+        """Whether XLA compiles each pass on its own inside a plain outer step."""
         return bool(getattr(self, "_xla_inside_replicas", False))
-
-    # A subclass that compiles pieces of its passes itself (`LookSAMModel`,
-    # whose `tf.cond` XLA:CPU would run far slower) sets this.
-    _compiles_own_pieces = False
 
     def _xla(self, function):
         """`function` compiled with XLA when the passes are compiled apart."""
@@ -490,16 +493,27 @@ class SAMModel(keras.Model):
 
     def _jit_apart_from_step(self) -> bool:
         """Whether `jit_compile=True` compiles the passes, not the whole step."""
-        return self._multi_replica_jit()
+        return bool(self.jit_compile)
 
     def make_train_function(self, force=False):
-        """Under a multi-replica strategy, XLA-compiles each replica's passes.
+        """With `jit_compile=True`, XLA compiles each pass on its own.
 
-        Keras 3 cannot run a `jit_compile=True` function under
-        `MirroredStrategy` ("Trying to access resource ... replica_1"). Here
-        the outer step runs as a plain `tf.function` and the two passes of
-        each replica (everything but the optimizer's cross-replica update)
-        are compiled with XLA instead.
+        The outer step runs as a plain `tf.function`; the clean pass (with the
+        ascent's gradient) and the perturbed pass (ε̂, w + ε̂ and its gradient)
+        are two XLA programs, and the optimizer's update runs between steps
+        as TensorFlow ops. Two reasons:
+
+        - memory: compiled as one program, XLA:CPU creates the index buffers
+          of both passes' MaxPool gradients at its start and keeps the second
+          pass's alive through the first (measured on the benchmark's small
+          CNN, batch 128: a peak of 188 MB against plain Keras's 83 MB, the
+          same for the Keras 2 SAM). Pass by pass each program peaks like a
+          plain step, and the step adds only w + ε̂ and the first gradient
+          (`python benchmarks/xla_memory.py`).
+        - strategies: Keras 3 cannot run a `jit_compile=True` step under
+          `MirroredStrategy` ("Trying to access resource ... replica_1"); per
+          replica, the passes (everything but the optimizer's cross-replica
+          update) compile fine.
         """
         if self.train_function is not None and not force:
             return self.train_function

@@ -289,7 +289,7 @@ def _what_the_user_reads(error: Exception) -> str:
 # the step's bookkeeping, and the call into the base model.
 _BEFORE_SAM_MATH = {
     "train_step",
-    "compute",
+    "clean_pass",
     "_step_gradients",
     "_pieces_gradients",
     "_sam_gradients",

@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.models import DEFAULT_MODEL_NAMES, MODEL_NAMES  # noqa: E402
 from benchmarks.modes import DEFAULT_MODES, MODES  # noqa: E402
+from benchmarks.step_time import _names  # noqa: E402
 
 _PEAK = re.compile(r"Stack trace breakdown for peak usage: ([\d ]+) bytes")
 _PROGRAM = re.compile(r"module_\d+\.a_inference_(.+?)_\d+__\.\d+\.cpu_after_optimizations")
@@ -119,24 +120,15 @@ def results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _names(text: str, allowed) -> list[str]:
-    names = [n for n in text.split(",") if n]
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown {unknown or text!r}; choose from {', '.join(allowed)}"
-        )
-    return names
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--models", type=lambda t: _names(t, MODEL_NAMES), default=list(DEFAULT_MODEL_NAMES),
+        "--models", type=lambda t: _names(t, MODEL_NAMES, "model"),
+        default=list(DEFAULT_MODEL_NAMES),
         help=f"comma-separated, of {', '.join(MODEL_NAMES)}",
     )
     parser.add_argument(
-        "--modes", type=lambda t: _names(t, MODES), default=list(DEFAULT_MODES),
+        "--modes", type=lambda t: _names(t, MODES, "mode"), default=list(DEFAULT_MODES),
         help="comma-separated (default: all); the first row compared is plain",
     )
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)

@@ -491,10 +491,6 @@ class SAMModel(keras.Model):
             return tf.function(function, jit_compile=True, autograph=False)
         return function
 
-    def _jit_apart_from_step(self) -> bool:
-        """Whether `jit_compile=True` compiles the passes, not the whole step."""
-        return bool(self.jit_compile)
-
     def make_train_function(self, force=False):
         """With `jit_compile=True`, XLA compiles each pass on its own.
 
@@ -524,12 +520,11 @@ class SAMModel(keras.Model):
             # when built inside a traced step.
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
-        multi_replica_jit = self._multi_replica_jit()
-        apart = self._jit_apart_from_step()
-        self._xla_inside_replicas = apart and not (
-            multi_replica_jit and self._all_reduces_inside_passes()
+        jit = bool(self.jit_compile)
+        self._xla_inside_replicas = jit and not (
+            self._multi_replica_jit() and self._all_reduces_inside_passes()
         )
-        if apart and not self._xla_inside_replicas:
+        if jit and not self._xla_inside_replicas:
             warnings.warn(
                 "SAMModel: `jit_compile=True` is ignored under "
                 f"{type(self.distribute_strategy).__name__}: a replica's passes "
@@ -538,7 +533,7 @@ class SAMModel(keras.Model):
                 "per-replica XLA function. Training runs without XLA.",
                 stacklevel=2,
             )
-        with self._outer_jit_off(apart):
+        with self._outer_jit_off(jit):
             return super().make_train_function(force)
 
     def make_test_function(self, force=False):

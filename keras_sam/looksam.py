@@ -92,19 +92,16 @@ class LookSAMModel(SAMModel):
         if self.k == 1:
             return super()._sam_gradients(x, y, sample_weight, variables)
         stored = self._reused_direction_variables(variables)
-
-        def clean_pass():
-            loss, gradients = self._clean_pass(x, y, sample_weight, variables)
-            # Taken before the tf.cond: the all-reduce of a synced ε̂ cannot
-            # run inside a cond branch under MirroredStrategy.
-            return loss, gradients, self._ascent_gradients(gradients)
-
-        loss, gradients, ascent_gradients = self._xla(clean_pass)()
+        # The ascent gradient is taken before the tf.cond: the all-reduce of a
+        # synced ε̂ cannot run inside a cond branch under MirroredStrategy.
+        loss, gradients, ascent_gradients = self._compiled_clean_pass(
+            x, y, sample_weight, variables
+        )
         present = [i for i, g in enumerate(gradients) if g is not None]
 
         def full_step():
             sam_gradients = self._perturbed_gradients(
-                x, y, sample_weight, variables, loss, gradients, ascent_gradients
+                x, y, sample_weight, variables, loss, ascent_gradients
             )
             direction = orthogonal_part(sam_gradients, gradients)
             finite = tf.math.is_finite(global_norm(direction))

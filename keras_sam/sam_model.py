@@ -336,31 +336,40 @@ class SAMModel(keras.Model):
     def _sam_gradients(self, x, y, sample_weight, variables):
         """(descent gradient, clean loss) of one piece (scaled as for `apply`)."""
 
-        def clean_pass():
-            loss, gradients = self._clean_pass(x, y, sample_weight, variables)
-            return loss, gradients, self._ascent_gradients(gradients)
-
-        def perturbed_pass(loss, gradients, ascent_gradients):
+        def perturbed_pass(loss, ascent_gradients):
             return self._perturbed_gradients(
-                x, y, sample_weight, variables, loss, gradients, ascent_gradients
+                x, y, sample_weight, variables, loss, ascent_gradients
             )
 
         # Under `jit_compile=True` each pass is its own XLA program (see
-        # `make_train_function`).
-        loss, gradients, ascent_gradients = self._xla(clean_pass)()
-        sam_gradients = self._xla(perturbed_pass)(loss, gradients, ascent_gradients)
+        # `make_train_function`). The perturbed pass is not handed the clean
+        # gradient: as an input it would stay allocated through that program.
+        loss, gradients, ascent_gradients = self._compiled_clean_pass(
+            x, y, sample_weight, variables
+        )
+        sam_gradients = self._xla(perturbed_pass)(loss, ascent_gradients)
         return self._descent_direction(gradients, sam_gradients), loss
 
-    def _perturbed_gradients(
-        self, x, y, sample_weight, variables, loss, gradients, ascent_gradients=None
-    ):
-        """Ascent from the clean gradient, then the gradient at w + ε̂.
+    def _compiled_clean_pass(self, x, y, sample_weight, variables):
+        """(loss, gradients, ascent gradients) of the clean pass, as one XLA program.
 
-        `ascent_gradients` is `_ascent_gradients(gradients)` when the caller
-        has already computed it (outside a `tf.cond`, see `LookSAMModel`).
+        Where the ascent gradient is the clean gradient itself (no loss scale,
+        no synced ε̂) the program returns it once: two outputs of a compiled
+        function are two tensors, and a later program taking both would hold
+        two copies.
         """
-        if ascent_gradients is None:
+
+        def clean_pass():
+            loss, gradients = self._clean_pass(x, y, sample_weight, variables)
             ascent_gradients = self._ascent_gradients(gradients)
+            same = all(a is g for a, g in zip(ascent_gradients, gradients))
+            return loss, gradients, None if same else ascent_gradients
+
+        loss, gradients, ascent_gradients = self._xla(clean_pass)()
+        return loss, gradients, gradients if ascent_gradients is None else ascent_gradients
+
+    def _perturbed_gradients(self, x, y, sample_weight, variables, loss, ascent_gradients):
+        """ε̂ from `_ascent_gradients(clean gradient)`, then the gradient at w + ε̂."""
         e_hat = self._ascent(ascent_gradients, variables)
         perturbed_loss, sam_gradients = self._perturbed_pass(
             x, y, sample_weight, variables, e_hat
@@ -504,8 +513,8 @@ class SAMModel(keras.Model):
           pass's alive through the first (measured on the benchmark's small
           CNN, batch 128: a peak of 188 MB against plain Keras's 83 MB, the
           same for the Keras 2 SAM). Pass by pass each program peaks like a
-          plain step, and the step adds only w + ε̂ and the first gradient
-          (`python benchmarks/xla_memory.py`).
+          plain step plus the ascent gradient and w + ε̂, which XLA fits into
+          less than one copy of the weights (`python benchmarks/xla_memory.py`).
         - strategies: Keras 3 cannot run a `jit_compile=True` step under
           `MirroredStrategy` ("Trying to access resource ... replica_1"); per
           replica, the passes (everything but the optimizer's cross-replica

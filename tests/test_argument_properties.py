@@ -293,6 +293,7 @@ _BEFORE_SAM_MATH = {
     "_step_gradients",
     "_pieces_gradients",
     "_sam_gradients",
+    "_compiled_clean_pass",
     "_clean_pass",
     "_maybe_symbolic_build",
     "_build_with_base",

@@ -513,8 +513,8 @@ class SAMModel(keras.Model):
           pass's alive through the first (measured on the benchmark's small
           CNN, batch 128: a peak of 188 MB against plain Keras's 83 MB, the
           same for the Keras 2 SAM). Pass by pass each program peaks like a
-          plain step plus the ascent gradient and w + ε̂, which XLA fits into
-          less than one copy of the weights (`python benchmarks/xla_memory.py`).
+          plain step plus the ascent gradient and w + ε̂ (measured: less than
+          one copy of the weights, `python benchmarks/xla_memory.py`).
         - strategies: Keras 3 cannot run a `jit_compile=True` step under
           `MirroredStrategy` ("Trying to access resource ... replica_1"); per
           replica, the passes (everything but the optimizer's cross-replica

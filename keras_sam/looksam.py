@@ -92,8 +92,6 @@ class LookSAMModel(SAMModel):
         if self.k == 1:
             return super()._sam_gradients(x, y, sample_weight, variables)
         stored = self._reused_direction_variables(variables)
-        # The ascent gradient is taken before the tf.cond: the all-reduce of a
-        # synced ε̂ cannot run inside a cond branch under MirroredStrategy.
         loss, gradients, ascent_gradients = self._compiled_clean_pass(
             x, y, sample_weight, variables
         )

@@ -351,22 +351,20 @@ class SAMModel(keras.Model):
         return self._descent_direction(gradients, sam_gradients), loss
 
     def _compiled_clean_pass(self, x, y, sample_weight, variables):
-        """(loss, gradients, ascent gradients) of the clean pass, as one XLA program.
+        """(loss, gradients, ascent gradients): the clean pass as one XLA program.
 
-        Where the ascent gradient is the clean gradient itself (no loss scale,
-        no synced ε̂) the program returns it once: two outputs of a compiled
-        function are two tensors, and a later program taking both would hold
-        two copies.
+        The ascent gradient is taken after the program: without a loss scale
+        or a synced ε̂ it is then the clean gradient itself, one tensor (two
+        outputs of a compiled function would be two, and a later program
+        taking both would hold two copies); and a synced ε̂'s all-reduce stays
+        out of `LookSAMModel`'s `tf.cond`, where MirroredStrategy cannot run it.
         """
 
         def clean_pass():
-            loss, gradients = self._clean_pass(x, y, sample_weight, variables)
-            ascent_gradients = self._ascent_gradients(gradients)
-            same = all(a is g for a, g in zip(ascent_gradients, gradients))
-            return loss, gradients, None if same else ascent_gradients
+            return self._clean_pass(x, y, sample_weight, variables)
 
-        loss, gradients, ascent_gradients = self._xla(clean_pass)()
-        return loss, gradients, gradients if ascent_gradients is None else ascent_gradients
+        loss, gradients = self._xla(clean_pass)()
+        return loss, gradients, self._ascent_gradients(gradients)
 
     def _perturbed_gradients(self, x, y, sample_weight, variables, loss, ascent_gradients):
         """ε̂ from `_ascent_gradients(clean gradient)`, then the gradient at w + ε̂."""

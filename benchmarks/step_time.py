@@ -5,7 +5,10 @@ SGD with momentum) and with XLA off and on, every mode is compiled and warmed
 up with two real `fit` epochs, then timed in interleaved rounds: each round
 runs every mode for `--steps` steps in turn, calling the train function that
 `fit` calls each step on an iterator of the dataset (the same for all modes;
-only `fit`'s per-epoch bookkeeping is left out). A mode's ms/step is the
+only `fit`'s per-epoch bookkeeping is left out). Before its timed steps in a
+round, a mode runs `--settle-steps` untimed: the first step after another mode
+is slower (the other mode's memory is faulted in again), and a real training
+run never switches. A mode's ms/step is the
 median over rounds; its ratio to plain Keras is the median over rounds of the
 ratio to plain Keras *of the same round*, which cancels most of the noise of a
 shared machine. The spread (min-max over rounds) is printed beside each.
@@ -61,11 +64,17 @@ def _xla_flags(text: str) -> list[bool]:
     return [n == "on" for n in _names(text, ("off", "on"), "xla setting")]
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,6 +101,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "and cheap steps the same in every round (default 5)",
     )
     parser.add_argument("--rounds", type=_positive, default=5, help="timing rounds (default 5)")
+    parser.add_argument(
+        "--settle-steps", type=_at_least(0), default=1,
+        help="untimed steps of each mode right before its timed steps in every round: "
+        "the first step after another mode ran is slower (default 1)",
+    )
     parser.add_argument(
         "--warmup-steps", type=_positive, default=2,
         help="steps of each of the two warm-up epochs (default 2)",
@@ -164,12 +178,17 @@ def time_group(model_name: str, xla: bool, modes: dict[str, Mode], args) -> dict
         traced[name].fit(dataset, args.warmup_steps)
         iterators[name] = iter(strategy.experimental_distribute_dataset(dataset))
         traced[name].train_steps(iterators[name], 1)
-    runners = {
-        name: (lambda n=name: traced[n].train_steps(iterators[n], args.steps)) for name in modes
-    }
+    def runners(steps):
+        return {
+            name: (lambda n=name: traced[n].train_steps(iterators[n], steps)) for name in modes
+        }
+
     _progress(f"[{model_name}, xla {'on' if xla else 'off'}] timing {args.rounds} rounds")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    times = interleaved_rounds(runners, args.rounds, args.steps, clock=clock)
+    settle = runners(args.settle_steps) if args.settle_steps else None
+    times = interleaved_rounds(
+        runners(args.steps), args.rounds, args.steps, clock=clock, settle=settle
+    )
     for name in modes:  # one more real epoch: does anything retrace?
         traced[name].fit(dataset, args.warmup_steps)
     retraces = {name: traced[name].traces - traces_after_first[name] for name in modes}
@@ -357,7 +376,8 @@ def main(argv=None) -> int:
     print(f"Machine: {machine}  ")
     print(
         "Memory only: no timing.\n" if args.memory_only else
-        f"{args.rounds} interleaved rounds of {args.steps} steps per mode after two "
+        f"{args.rounds} interleaved rounds of {args.steps} steps per mode (each after "
+        f"{args.settle_steps} untimed) after two "
         f"warm-up epochs of {args.warmup_steps} steps; medians over rounds, ratios "
         f"paired within a round (min–max over rounds in brackets); "
         f"took {time.perf_counter() - started:.0f} s.\n"

@@ -6,6 +6,11 @@ baseline *of the same round*, cancels most of that: a round where the machine
 was busy is slower for both. The reported ratio is the median over rounds of
 the per-round ratio; its spread (min-max over rounds) shows the noise left.
 
+Interleaving has a cost of its own: the first step of a mode after another
+mode ran is slower than the steps after it (on a 2-core CPU, 1.5-2x: the
+memory the other mode used is faulted in again). A training run never switches
+modes, so each round first runs every mode `settle` steps untimed.
+
 Example:
 
 >>> times = {"plain": [10.0, 20.0, 10.0], "sam": [19.0, 41.0, 20.0]}
@@ -76,23 +81,33 @@ def interleaved_rounds(
     rounds: int,
     steps: int,
     clock: Callable[[], float] = time.perf_counter,
+    settle: dict[str, Callable[[], None]] | None = None,
 ) -> dict[str, list[float]]:
     """Times every runner once per round, in turn; returns ms/step per round.
 
     Each runner runs `steps` training steps when called. The order rotates by
-    one each round, so that no mode always follows the same neighbour.
+    one each round, so that no mode always follows the same neighbour. In
+    every round, `settle[name]` (when given) runs untimed right before the
+    mode's timed steps.
 
     >>> ticks = iter(range(100))
-    >>> out = interleaved_rounds({"a": lambda: None, "b": lambda: None}, rounds=2,
-    ...                          steps=1, clock=lambda: next(ticks) / 1000)
+    >>> calls = []
+    >>> out = interleaved_rounds(
+    ...     {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+    ...     rounds=2, steps=1, clock=lambda: next(ticks) / 1000,
+    ...     settle={"a": lambda: calls.append("settle a"), "b": lambda: calls.append("settle b")})
     >>> out
     {'a': [1.0, 1.0], 'b': [1.0, 1.0]}
+    >>> calls
+    ['settle a', 'a', 'settle b', 'b', 'settle b', 'b', 'settle a', 'a']
     """
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            if settle is not None:
+                settle[name]()
             start = clock()
             runners[name]()
             times[name].append((clock() - start) * 1000.0 / steps)

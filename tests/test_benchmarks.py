@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.timing import summarize
+from benchmarks.timing import interleaved_rounds, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +28,31 @@ def test_summary_is_median_of_paired_ratios():
     assert stats["sam"].ratio_range == pytest.approx((1.9, 2.2))
     assert stats["plain"].ratio == 1.0
     assert summarize(times, baseline=None)["sam"].ratio is None
+
+
+def test_settle_steps_run_untimed_right_before_each_timed_call():
+    now, calls = [0.0], []
+
+    def runner(name, seconds):
+        def run():
+            calls.append(name)
+            now[0] += seconds
+
+        return run
+
+    times = interleaved_rounds(
+        {"plain": runner("plain", 0.010), "sam": runner("sam", 0.020)},
+        rounds=3, steps=2, clock=lambda: now[0],
+        settle={"plain": runner("settle plain", 5.0), "sam": runner("settle sam", 7.0)},
+    )
+    # ms per step of the timed calls only: the slow settle calls are not counted.
+    assert times == {"plain": [pytest.approx(5.0)] * 3, "sam": [pytest.approx(10.0)] * 3}
+    # Each round starts one mode later; every timed call follows its own settle.
+    assert calls == [
+        "settle plain", "plain", "settle sam", "sam",
+        "settle sam", "sam", "settle plain", "plain",
+        "settle plain", "plain", "settle sam", "sam",
+    ]
 
 
 @pytest.mark.slow

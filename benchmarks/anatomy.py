@@ -26,7 +26,14 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.models import MODEL_NAMES
 from benchmarks.modes import MODES, unavailable_reason
-from benchmarks.step_time import _names, _positive, _xla_flags, results_table, time_group
+from benchmarks.step_time import (
+    _at_least,
+    _names,
+    _positive,
+    _xla_flags,
+    results_table,
+    time_group,
+)
 
 DEFAULT_MODES = (
     "plain", "sam", "sam_inference_ascent", "sam_assign", "sam_unguarded", "tfk_plain", "tfk_sam"
@@ -50,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--xla", type=_xla_flags, default=[False])
     parser.add_argument("--steps", type=_positive, default=5)
     parser.add_argument("--rounds", type=_positive, default=9)
+    parser.add_argument("--settle-steps", type=_at_least(0), default=1)
     parser.add_argument("--warmup-steps", type=_positive, default=2)
     parser.add_argument("--batch-size", type=_positive, default=128)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")

@@ -13,7 +13,7 @@ median over rounds; its ratio to plain Keras is the median over rounds of the
 ratio to plain Keras *of the same round*, which cancels most of the noise of a
 shared machine. The spread (min-max over rounds) is printed beside each.
 
-Usage (the defaults produce the README table; about 40 minutes on 2 cores):
+Usage (the defaults produce the README table; about 35 minutes on 2 cores):
 
     python benchmarks/step_time.py
     python benchmarks/step_time.py --models small_cnn --modes plain,sam,tfk_plain,tfk_sam

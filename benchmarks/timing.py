@@ -9,7 +9,8 @@ the per-round ratio; its spread (min-max over rounds) shows the noise left.
 Interleaving has a cost of its own: the first step of a mode after another
 mode ran is slower than the steps after it (on a 2-core CPU, 1.5-2x: the
 memory the other mode used is faulted in again). A training run never switches
-modes, so each round first runs every mode `settle` steps untimed.
+modes, so in each round a mode can run untimed (`settle`) right before its
+timed steps.
 
 Example:
 

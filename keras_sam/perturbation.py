@@ -24,8 +24,10 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import keras
 import tensorflow as tf
 
+from keras_sam import _validation as check
 from keras_sam._validation import InvalidArgumentError
 
 __all__ = ["perturbation", "validate_p"]
@@ -99,7 +101,8 @@ def perturbation(
             does not depend on (it counts as zero and gets `None` back).
         variables: the variables (or their value tensors) the gradients belong
             to. Only read when `adaptive=True`.
-        rho: radius of the neighbourhood; a Python float or a scalar tensor.
+        rho: radius of the neighbourhood; a Python float >= 0 or a scalar
+            tensor (read as is, e.g. a schedule's value).
         p: the norm of the ball, 1 < p ≤ ∞. Defaults to `2`.
         adaptive: ASAM's scale-invariant ball (T_w = |w| + η). Defaults to
             `False`.
@@ -138,6 +141,11 @@ def perturbation(
     ```
     """
     p = validate_p(p)
+    if not (tf.is_tensor(rho) or isinstance(rho, (tf.Variable, keras.Variable))):
+        rho = check.check_real("rho", rho, minimum=0.0)
+    adaptive = check.check_bool("adaptive", adaptive)
+    eta = check.check_real("eta", eta, minimum=0.0)
+    eps = check.check_real("eps", eps, minimum=0.0, exclusive_minimum=True)
     gradients = list(gradients)
     variables = list(variables)
     if len(gradients) != len(variables):

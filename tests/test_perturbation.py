@@ -203,6 +203,32 @@ def test_valid_p_is_accepted(p):
     assert all(e is None or np.isfinite(e.numpy()).all() for e in result)
 
 
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("rho", -0.5),
+        ("rho", math.nan),
+        ("rho", INF),
+        ("rho", "0.5"),
+        ("rho", None),
+        ("eps", 0.0),
+        ("eps", -1.0),
+        ("eta", -1.0),
+        ("eta", math.nan),
+        ("adaptive", "yes"),
+        ("adaptive", 1),
+    ],
+)
+def test_invalid_argument_is_named_with_its_value(argument, value):
+    """The same checks as `SAMModel`'s constructor, for the functional API."""
+    gradients, weights = _problem()
+    arguments = {"rho": RHO, argument: value}
+    with pytest.raises((ValueError, TypeError), match=f"`{argument}`") as info:
+        perturbation(_tensors(gradients), _tensors(weights), **arguments)
+    assert repr(value) in str(info.value) or str(value) in str(info.value)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+
+
 def test_length_mismatch_is_a_value_error():
     with pytest.raises(ValueError, match="same length"):
         perturbation([tf.ones(2)], [tf.ones(2), tf.ones(1)], RHO)

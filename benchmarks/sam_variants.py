@@ -44,7 +44,9 @@ def _batch_rows(x):
 class InferenceAscentSAM(SAMModel):
     """SAM whose clean pass runs BatchNorm/Dropout in inference mode (as Keras 2's)."""
 
-    def _clean_pass(self, x, y, sample_weight, variables):
+    def _clean_pass(self, x, y, sample_weight, variables, collect_state=False):
+        if collect_state:
+            raise NotImplementedError("timing variant: num_batch_splits must be 1")
         with tf.GradientTape() as tape:
             y_pred = self(x, training=False)
             loss = self._compute_loss(
@@ -56,7 +58,7 @@ class InferenceAscentSAM(SAMModel):
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, variables)
         self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        return loss, gradients
+        return loss, gradients, []
 
 
 class AssignPerturbationSAM(SAMModel):

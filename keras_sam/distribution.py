@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from keras_sam.gradient_math import all_finite
+
 __all__ = [
     "all_reduce_sum",
     "all_replicas_finite",
@@ -45,8 +47,7 @@ def all_reduce_sum(tensors: Sequence[tf.Tensor | None]) -> list[tf.Tensor | None
 
 def all_replicas_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
     """True on every replica iff every tensor on every replica is finite."""
-    checks = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
-    finite = tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+    finite = all_finite(tensors)
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return finite
@@ -58,10 +59,15 @@ def all_replicas_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
 
 def poison_unless(finite: tf.Tensor, gradients: Sequence[tf.Tensor | None]) -> list:
     """Gradients unchanged when `finite`, else all NaN (for a loss scaler)."""
-    return [
-        None if g is None else g * tf.where(finite, tf.ones((), g.dtype), tf.fill((), float("nan")))
-        for g in gradients
-    ]
+
+    def poisoned(g):
+        nan = tf.constant(float("nan"), g.dtype)
+        factor = tf.where(finite, tf.ones((), g.dtype), nan)
+        if isinstance(g, tf.IndexedSlices):
+            return tf.IndexedSlices(g.values * factor, g.indices, g.dense_shape)
+        return g * factor
+
+    return [None if g is None else poisoned(g) for g in gradients]
 
 
 def apply_if(finite: tf.Tensor, optimizer, gradients, variables) -> None:

@@ -1,7 +1,9 @@
 """Inner products and projections over lists of gradients, as one flat vector.
 
 A list of per-variable gradients is treated as a single vector; `None` entries
-are zeros. Reductions run in float32 whatever the gradient dtype.
+are zeros and sparse entries (`tf.IndexedSlices`, the gradient of an
+`Embedding`) are taken as the dense tensors they stand for. Reductions run in
+float32 whatever the gradient dtype.
 """
 
 from __future__ import annotations
@@ -10,10 +12,16 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-__all__ = ["global_dot", "global_norm", "orthogonal_part"]
+__all__ = ["all_finite", "as_dense", "global_dot", "global_norm", "orthogonal_part"]
+
+
+def as_dense(t: tf.Tensor | tf.IndexedSlices | None) -> tf.Tensor | None:
+    """`t` as a dense tensor (an `IndexedSlices` scattered into zeros)."""
+    return tf.convert_to_tensor(t) if isinstance(t, tf.IndexedSlices) else t
 
 
 def _float32(t: tf.Tensor) -> tf.Tensor:
+    t = as_dense(t)
     return t if t.dtype == tf.float32 else tf.cast(t, tf.float32)
 
 
@@ -25,6 +33,21 @@ def global_dot(a: Sequence[tf.Tensor | None], b: Sequence[tf.Tensor | None]) -> 
         if x is not None and y is not None
     ]
     return tf.add_n(terms) if terms else tf.constant(0.0)
+
+
+def all_finite(a: Sequence[tf.Tensor | None]) -> tf.Tensor:
+    """True iff every entry of every tensor is finite (a bool scalar).
+
+    >>> import tensorflow as tf
+    >>> bool(all_finite([tf.constant([1.0, 2.0]), None, tf.constant(float("inf"))]))
+    False
+    """
+    checks = [
+        tf.reduce_all(tf.math.is_finite(x.values if isinstance(x, tf.IndexedSlices) else x))
+        for x in a
+        if x is not None
+    ]
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
 def global_norm(a: Sequence[tf.Tensor | None]) -> tf.Tensor:
@@ -47,6 +70,8 @@ def orthogonal_part(
     squared = global_dot(onto, onto)
     coefficient = tf.math.divide_no_nan(global_dot(u, onto), squared)
     return [
-        None if x is None else (x if y is None else x - tf.cast(coefficient, x.dtype) * y)
+        None if x is None else (
+            as_dense(x) if y is None else as_dense(x) - tf.cast(coefficient, x.dtype) * as_dense(y)
+        )
         for x, y in zip(u, onto)
     ]

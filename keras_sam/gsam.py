@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_sam import _validation as check
-from keras_sam.gradient_math import orthogonal_part
+from keras_sam.gradient_math import as_dense, orthogonal_part
 from keras_sam.sam_model import SAMModel
 
 __all__ = ["GSAMModel"]
@@ -57,7 +57,7 @@ class GSAMModel(SAMModel):
             return sam_gradients
         clean_orthogonal = orthogonal_part(clean_gradients, sam_gradients)
         return [
-            s if s is None or o is None else s - self.alpha * o
+            s if s is None or o is None else as_dense(s) - self.alpha * o
             for s, o in zip(sam_gradients, clean_orthogonal)
         ]
 

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_sam import _validation as check
-from keras_sam.gradient_math import global_norm, orthogonal_part
+from keras_sam.gradient_math import as_dense, global_norm, orthogonal_part
 from keras_sam.sam_model import SAMModel
 
 __all__ = ["LookSAMModel"]
@@ -105,10 +105,11 @@ class LookSAMModel(SAMModel):
             finite = tf.math.is_finite(global_norm(direction))
             for i in present:
                 stored[i].assign(tf.where(finite, direction[i], stored[i].value))
-            return [sam_gradients[i] for i in present]
+            # Dense in both branches: a `tf.cond` needs the same structure.
+            return [as_dense(sam_gradients[i]) for i in present]
 
         def reuse_step():
-            clean = [gradients[i] for i in present]
+            clean = [as_dense(gradients[i]) for i in present]
             reused = [stored[i].value for i in present]
             scale = self.alpha * tf.math.divide_no_nan(global_norm(clean), global_norm(reused))
             return [g + tf.cast(scale, g.dtype) * d for g, d in zip(clean, reused)]

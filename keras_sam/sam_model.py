@@ -25,6 +25,7 @@ import warnings
 
 import keras
 import tensorflow as tf
+from keras.src import backend as keras_backend
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.trainers.data_adapters.data_adapter_utils import (
     unpack_x_y_sample_weight,
@@ -32,6 +33,7 @@ from keras.src.trainers.data_adapters.data_adapter_utils import (
 
 from keras_sam import _validation as check
 from keras_sam import distribution
+from keras_sam.gradient_math import all_finite
 from keras_sam.perturbation import perturbation, validate_p
 
 __all__ = ["SAMModel"]
@@ -254,8 +256,12 @@ class SAMModel(keras.Model):
             # A subclassed base creates its weights in its first call. Keras's
             # own step reads them after the forward pass; SAM needs them first.
             # Built symbolically: the train graph gets no extra forward pass.
-            self.compute_output_spec(
-                tf.nest.map_structure(lambda t: keras.KerasTensor(t.shape, t.dtype), x)
+            # The backend's function, not `self.compute_output_spec`, so that
+            # bad data raises the base's own error, as in plain Keras, without
+            # a preface blaming the wrapper.
+            keras_backend.compute_output_spec(
+                self.call,
+                tf.nest.map_structure(lambda t: keras.KerasTensor(t.shape, t.dtype), x),
             )
         variables = self.trainable_variables
         if not variables:
@@ -263,6 +269,10 @@ class SAMModel(keras.Model):
                 "SAMModel has no trainable weights to train: the base model "
                 f"{self.base_model.name!r} has none (is it frozen?)."
             )
+        if not self.optimizer.built:
+            # Built before the passes, not inside `apply`, so that `scale_loss`
+            # reads the live loss scale rather than its initial constant.
+            self.optimizer.build(variables)
         restorable = self._skippable_state() if self.skip_nonfinite else []
         saved = [tf.identity(v.value) for v in restorable]
         gradients, losses = self._step_gradients(x, y, sample_weight, variables)
@@ -288,24 +298,59 @@ class SAMModel(keras.Model):
             return self._pieces_gradients(x, y, sample_weight, variables)
 
     def _pieces_gradients(self, x, y, sample_weight, variables):
-        gradients, losses = None, []
-        for piece, weight in self._batch_pieces(x, y, sample_weight):
-            # One piece after the other: run side by side, the pieces' passes
-            # would hold all their activations at once.
-            after = [] if gradients is None else [g for g in gradients if g is not None]
-            with tf.control_dependencies(after):
-                piece_gradients, loss = self._sam_gradients(*piece, variables)
-            losses.append(loss)
-            if weight is not None:
-                piece_gradients = [
-                    None if g is None else g * tf.cast(weight, g.dtype)
-                    for g in piece_gradients
+        pieces = list(self._batch_pieces(x, y, sample_weight))
+        # With several pieces, each clean pass hands back its update of the
+        # model's state (BatchNorm statistics) instead of assigning it; the
+        # step then assigns their size-weighted mean once (see
+        # `_assign_mean_state`).
+        # Trace-time bookkeeping: set past Keras's and TensorFlow's attribute
+        # tracking, which would wrap the list and could save it.
+        object.__setattr__(self, "_piece_state_updates", [] if len(pieces) > 1 else None)
+        try:
+            gradients, losses = None, []
+            for piece, weight in pieces:
+                # One piece after the other: run side by side, the pieces'
+                # passes would hold all their activations at once.
+                after = [] if gradients is None else [g for g in gradients if g is not None]
+                with tf.control_dependencies(after):
+                    piece_gradients, loss = self._sam_gradients(*piece, variables)
+                losses.append(loss)
+                if weight is not None:
+                    piece_gradients = [
+                        None if g is None else g * tf.cast(weight, g.dtype)
+                        for g in piece_gradients
+                    ]
+                gradients = piece_gradients if gradients is None else [
+                    a if b is None else (b if a is None else a + b)
+                    for a, b in zip(gradients, piece_gradients)
                 ]
-            gradients = piece_gradients if gradients is None else [
-                a if b is None else (b if a is None else a + b)
-                for a, b in zip(gradients, piece_gradients)
-            ]
-        return gradients, losses
+            if self._piece_state_updates is not None:
+                self._assign_mean_state(
+                    [weight for _, weight in pieces], self._piece_state_updates
+                )
+            return gradients, losses
+        finally:
+            object.__setattr__(self, "_piece_state_updates", None)
+
+    def _assign_mean_state(self, weights, updates):
+        """One update of the model's state from the pieces' updates.
+
+        Each piece's clean pass started from the same state, so for the
+        momentum update of BatchNorm the size-weighted mean of the pieces'
+        new values is one momentum step towards the pieces' mean statistics,
+        as the m-sharpness of the SAM paper averages the state of its
+        devices. Non-float state takes the first piece's value.
+        """
+        for i, variable in enumerate(self._model_state()):
+            values = [(w, u[i]) for w, u in zip(weights, updates) if u[i] is not None]
+            if not values:
+                continue
+            if not variable.dtype.startswith("float"):
+                variable.assign(values[0][1])
+                continue
+            total = tf.add_n([tf.cast(w, variable.dtype) for w, _ in values])
+            mean = tf.add_n([tf.cast(w, variable.dtype) * u for w, u in values]) / total
+            variable.assign(mean)
 
     def _batch_pieces(self, x, y, sample_weight):
         """Yields ((x, y, sample_weight), weight) for each m-sharpness piece."""
@@ -323,15 +368,55 @@ class SAMModel(keras.Model):
             rows = tf.shape(_first_tensor(x))[0]
         # Contiguous pieces whose sizes differ by at most one.
         smaller, larger_count = rows // k, rows % k
-        start = 0
-        for i in range(k):
-            size = smaller + tf.cast(i < larger_count, smaller.dtype) if tf.is_tensor(
-                smaller
-            ) else smaller + (1 if i < larger_count else 0)
-            stop = start + size
-            piece = tuple(_slice_rows(t, start, stop) for t in (x, y, sample_weight))
-            yield piece, tf.cast(size, tf.float32) / tf.cast(rows, tf.float32)
-            start = stop
+        pieces, start = [], 0
+        with tf.control_dependencies(self._same_rows_checks(x, y, sample_weight)):
+            for i in range(k):
+                size = smaller + tf.cast(i < larger_count, smaller.dtype) if tf.is_tensor(
+                    smaller
+                ) else smaller + (1 if i < larger_count else 0)
+                stop = start + size
+                piece = tuple(_slice_rows(t, start, stop) for t in (x, y, sample_weight))
+                pieces.append((piece, tf.cast(size, tf.float32) / tf.cast(rows, tf.float32)))
+                start = stop
+        yield from pieces
+
+    def _same_rows_checks(self, x, y, sample_weight):
+        """Checks that x, y and sample_weight have as many rows each.
+
+        Cut apart row by row, pieces of different lengths would broadcast
+        against each other and train on mismatched rows without an error
+        (uncut, plain Keras's loss fails on the shapes). Raises at trace
+        time when the shapes are known; otherwise returns assertion ops.
+        """
+        tensors = [
+            (name, t)
+            for name, structure in (("x", x), ("y", y), ("sample_weight", sample_weight))
+            for t in tf.nest.flatten(structure)
+            if t is not None and t.shape.rank
+        ]
+        reference_name, reference = tensors[0]
+        message = (
+            f"`num_batch_splits={self.num_batch_splits}` cuts each batch row by row, "
+            "so x, y and sample_weight must have the same number of rows (the "
+            "first dimension)"
+        )
+        checks = []
+        for name, t in tensors[1:]:
+            if reference.shape[0] is not None and t.shape[0] is not None:
+                if reference.shape[0] != t.shape[0]:
+                    raise ValueError(
+                        f"{message}; got {reference.shape[0]} rows in {reference_name} "
+                        f"and {t.shape[0]} in {name}."
+                    )
+                continue
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.shape(reference)[0],
+                    tf.shape(t)[0],
+                    message=f"{message}; {reference_name} and {name} differ:",
+                )
+            )
+        return checks
 
     def _sam_gradients(self, x, y, sample_weight, variables):
         """(descent gradient, clean loss) of one piece (scaled as for `apply`)."""
@@ -360,10 +445,14 @@ class SAMModel(keras.Model):
         out of `LookSAMModel`'s `tf.cond`, where MirroredStrategy cannot run it.
         """
 
-        def clean_pass():
-            return self._clean_pass(x, y, sample_weight, variables)
+        collect_state = getattr(self, "_piece_state_updates", None) is not None
 
-        loss, gradients = self._xla(clean_pass)()
+        def clean_pass():
+            return self._clean_pass(x, y, sample_weight, variables, collect_state)
+
+        loss, gradients, state_update = self._xla(clean_pass)()
+        if collect_state:
+            self._piece_state_updates.append(state_update)
         return loss, gradients, self._ascent_gradients(gradients)
 
     def _perturbed_gradients(self, x, y, sample_weight, variables, loss, ascent_gradients):
@@ -373,34 +462,55 @@ class SAMModel(keras.Model):
             x, y, sample_weight, variables, e_hat
         )
         self._track_sharpness(perturbed_loss - loss, x)
+        if self.skip_nonfinite or self._loss_scaled:
+            # A non-finite first gradient gives ε̂ = 0, and the second pass
+            # (another dropout mask) may then be finite: the step must still
+            # be skipped (and the loss scale lowered), as plain Keras skips a
+            # step whose gradient overflowed.
+            sam_gradients = distribution.poison_unless(
+                all_finite(ascent_gradients), sam_gradients
+            )
         return sam_gradients
 
-    def _clean_pass(self, x, y, sample_weight, variables):
-        """Keras's own forward/backward at w; returns (loss, scaled gradients)."""
+    def _clean_pass(self, x, y, sample_weight, variables, collect_state=False):
+        """Keras's own forward/backward at w.
+
+        Returns (loss, scaled gradients, state update). With `collect_state`
+        the forward pass runs in a `keras.StatelessScope` reading w as is:
+        the new values of `_model_state()` are returned, not assigned (the
+        dropout seeds are). Otherwise they are assigned and the state update
+        is `[]`.
+        """
+        state_update = []
         with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
+            if collect_state:
+                mapping = [(v, v.value) for v in variables]
+                with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+                    y_pred = self(x, training=True)
+                    loss = self._compute_loss(
+                        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                    )
+                self._assign_seed_states(scope)
+                state_update = [scope.get_current_value(v) for v in self._model_state()]
+            else:
+                y_pred = self(x, training=True)
+                loss = self._compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                )
             self._loss_tracker.update_state(
                 unscale_loss_for_distribution(loss),
                 sample_weight=tf.shape(_first_tensor(x))[0],
             )
-            if not self.optimizer.built:
-                # Built here, not inside `apply`, so that `scale_loss` reads
-                # the live loss scale rather than its initial constant.
-                self.optimizer.build(variables)
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, variables)
         self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        return loss, gradients
+        return loss, gradients, state_update
 
     def _perturbed_pass(self, x, y, sample_weight, variables, e_hat):
         """Loss and scaled gradient at w + ε̂, without assigning any variable."""
         moved = [i for i, e in enumerate(e_hat) if e is not None]
         perturbed = [variables[i].value + e_hat[i] for i in moved]
         mapping = [(variables[i], value) for i, value in zip(moved, perturbed)]
-        seed_states = self._seed_states()
         with tf.GradientTape() as tape:
             tape.watch(perturbed)
             with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
@@ -411,14 +521,18 @@ class SAMModel(keras.Model):
             scaled_loss = self.optimizer.scale_loss(loss)
         moved_gradients = tape.gradient(scaled_loss, perturbed)
         # Keep the random masks advancing; drop every other captured update.
-        for state in seed_states:
-            new_value = scope.get_current_value(state)
-            if new_value is not None:
-                state.assign(new_value)
+        self._assign_seed_states(scope)
         gradients = [None] * len(variables)
         for i, g in zip(moved, moved_gradients):
             gradients[i] = g
         return loss, gradients
+
+    def _assign_seed_states(self, scope):
+        """Assigns the dropout seeds' new values captured by `scope`."""
+        for state in self._seed_states():
+            new_value = scope.get_current_value(state)
+            if new_value is not None:
+                state.assign(new_value)
 
     def _seed_states(self):
         return [
@@ -451,9 +565,13 @@ class SAMModel(keras.Model):
 
     # ------------------------------------------------------------ helpers
     def _unscaled(self, gradients):
-        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+        """Gradients of the unscaled loss (`scale_loss` multiplied it)."""
+        if self._loss_scaled:
+            inverse = 1.0 / self.optimizer.dynamic_scale
+        elif self.optimizer.loss_scale_factor is not None:
+            inverse = 1.0 / self.optimizer.loss_scale_factor
+        else:
             return gradients
-        inverse = 1.0 / self.optimizer.dynamic_scale
         return [None if g is None else g * tf.cast(inverse, g.dtype) for g in gradients]
 
     def _track_sharpness(self, difference, x):
@@ -462,9 +580,13 @@ class SAMModel(keras.Model):
             sample_weight=tf.shape(_first_tensor(x))[0],
         )
 
+    @property
+    def _loss_scaled(self) -> bool:
+        return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+
     def _apply(self, gradients, variables, losses):
         """Applies the step; returns whether it was finite on every replica."""
-        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        loss_scaled = self._loss_scaled
         distributed = distribution.num_replicas() > 1
         if not (self.skip_nonfinite or (loss_scaled and distributed)):
             self.optimizer.apply(gradients, variables)
@@ -481,11 +603,26 @@ class SAMModel(keras.Model):
             distribution.apply_if(finite, self.optimizer, gradients, variables)
         return finite
 
-    def _skippable_state(self):
-        """Non-trainable variables a skipped step must leave untouched."""
+    def _model_state(self):
+        """Non-trainable weights a step updates: BatchNorm statistics, LookSAM's state."""
         excluded = {id(s) for s in self._seed_states()}
         excluded.update(id(v) for v in (self._rho_variable, self._skipped_steps))
         return [v for v in self.non_trainable_variables if id(v) not in excluded]
+
+    def _training_metric_variables(self):
+        """The loss tracker's and compiled metrics' variables."""
+        return [v for metric in super().metrics for v in metric.variables]
+
+    def _skippable_state(self):
+        """Variables besides the optimizer's that a skipped step leaves as they were.
+
+        The model's state and the training metrics: a skipped batch counts in
+        neither `loss` nor any metric nor `sharpness`, so no NaN reaches the
+        logs (nor stops a run through `TerminateOnNaN`). The dropout seeds
+        still advance.
+        """
+        state = self._model_state() + self._training_metric_variables()
+        return state + list(self._sharpness_tracker.variables)
 
     @property
     def _jit_per_replica(self) -> bool:
@@ -644,6 +781,9 @@ class SAMModel(keras.Model):
             "sync_perturbation": self.sync_perturbation,
             "skip_nonfinite": self.skip_nonfinite,
             "eps": self.eps,
+            # The wrapper's policy: it decides whether `compile` wraps the
+            # optimizer in a LossScaleOptimizer, also after `load_model`.
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
     @classmethod

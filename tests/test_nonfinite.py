@@ -111,7 +111,7 @@ def _fit(model, x, y, callbacks=()):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_a_nonfinite_batch_is_a_no_op_and_the_run_equals_the_run_without_it(variant):
     x, y = _data()
-    model = _compile(VARIANTS[variant](_base(), skip_nonfinite=True))
+    model = _compile(VARIANTS[variant](_base(), skip_nonfinite=True), metrics=["mae"])
     steps = _EveryStep()
     history = _fit(model, x, y, [steps])
 
@@ -128,9 +128,27 @@ def test_a_nonfinite_batch_is_a_no_op_and_the_run_equals_the_run_without_it(vari
     for _, value in _state(model):
         assert np.all(np.isfinite(value))
 
-    clean = _compile(VARIANTS[variant](_base(), skip_nonfinite=True))
-    _fit(clean, *_without_bad_batches(x, y))
+    clean = _compile(VARIANTS[variant](_base(), skip_nonfinite=True), metrics=["mae"])
+    clean_history = _fit(clean, *_without_bad_batches(x, y))
     assert _differences(_state(model), _state(clean)) == []
+    # A skipped batch counts in no log: loss, metrics and sharpness are those
+    # of the good batches alone, and never NaN.
+    for log in steps.logs:
+        assert all(np.isfinite(value) for value in log.values()), log
+    logs = {name: values for name, values in history.history.items() if name != "skipped_steps"}
+    clean_logs = clean_history.history
+    assert clean_logs.pop("skipped_steps") == [0]
+    assert logs == clean_logs
+
+
+def test_terminate_on_nan_lets_a_skipping_run_go_on():
+    """The skipped steps leave no NaN in the logs for `TerminateOnNaN` to see."""
+    x, y = _data()
+    model = _compile(SAMModel(_base(), rho=0.1, skip_nonfinite=True))
+    history = _fit(model, x, y, [keras.callbacks.TerminateOnNaN()])
+    assert int(model.optimizer.iterations.numpy()) == 6 - len(BAD_STEPS)
+    assert history.history["skipped_steps"] == [len(BAD_STEPS)]
+    assert np.isfinite(history.history["loss"][0])
 
 
 def test_dropout_masks_advance_over_a_skipped_step():

@@ -16,6 +16,7 @@ import traceback
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_sam import SAMModel
 
@@ -193,3 +194,72 @@ def test_wrong_label_shapes_give_the_plain_keras_error(loss, labels):
     # The messages agree up to the graph node names, which include the model's.
     strip_nodes = re.compile(r"'\{\{node [^}]*\}\}[^']*'")
     assert strip_nodes.sub("", str(sam)) == strip_nodes.sub("", str(plain))
+
+
+class SubclassedBase(keras.Model):
+    """Creates its weights in its first call, so SAM builds it inside the step."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(5, activation="relu")
+        self.out = keras.layers.Dense(3)
+
+    def call(self, inputs):
+        return self.out(self.hidden(inputs))
+
+
+def test_a_wrong_input_structure_gives_the_plain_keras_error_for_a_subclassed_base():
+    x, y = _data()
+    # Two inputs for a model that takes one.
+    dataset = tf.data.Dataset.from_tensor_slices(((x, x), y)).batch(4)
+    errors = []
+    for model in (SubclassedBase(), SAMModel(SubclassedBase())):
+        model.compile(optimizer="sgd", loss="mse")
+        with pytest.raises(Exception) as error:
+            model.fit(dataset, epochs=1, verbose=0)
+        errors.append(error.value)
+    plain, sam = errors
+    assert type(sam) is type(plain)
+    # The same message but for the layers' and tensors' generated names; no
+    # preface blaming the wrapper.
+    names = re.compile(r"dense_\d+|'[A-Za-z_]+(:\d+)?'|Placeholder(_\d+)?:0|data(_\d+)?:0|dense")
+    assert names.sub("", str(sam)) == names.sub("", str(plain))
+    assert "SAMModel" not in str(sam)
+
+
+def _rows_mismatch_dataset():
+    """Batches of 4 inputs but 3 labels, with unknown batch sizes (a generator)."""
+    x, y = _data()
+
+    def batches():
+        for i in range(2):
+            yield x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 3]
+
+    signature = (tf.TensorSpec((None, 4), tf.float32), tf.TensorSpec((None, 3), tf.float32))
+    return tf.data.Dataset.from_generator(batches, output_signature=signature)
+
+
+def test_num_batch_splits_refuses_batches_whose_x_and_y_rows_differ():
+    """Cut into pieces, unequal x and y would broadcast and train silently."""
+    plain = _base()
+    plain.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Incompatible shapes"):
+        plain.fit(_rows_mismatch_dataset(), epochs=1, verbose=0)
+
+    model = SAMModel(_base(), num_batch_splits=2)
+    model.compile(optimizer="sgd", loss="mse")
+    before = [v.numpy() for v in model.trainable_variables]
+    expected = "num_batch_splits=2.*same number of rows"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+        model.fit(_rows_mismatch_dataset(), epochs=1, verbose=0)
+    for variable, value in zip(model.trainable_variables, before):
+        assert np.array_equal(variable.numpy(), value)
+
+
+def test_num_batch_splits_refuses_known_unequal_rows_when_tracing():
+    x, y = _data()
+    model = SAMModel(_base(), num_batch_splits=2)
+    model.compile(optimizer="sgd", loss="mse")
+    step = tf.function(model.train_step)
+    with pytest.raises(ValueError, match=r"4 rows in x and 3 in y"):
+        step((tf.constant(x[:4]), tf.constant(y[:3])))

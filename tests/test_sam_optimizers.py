@@ -95,9 +95,9 @@ OPTIONS = {
 }
 
 
-def fit_sam(make_optimizer, build_first: bool = False) -> list[np.ndarray]:
+def fit_sam(make_optimizer, build_first: bool = False, **options) -> list[np.ndarray]:
     base = build_base()
-    model = SAMModel(base, rho=RHO)
+    model = SAMModel(base, rho=RHO, **options)
     model.compile(optimizer=make_optimizer(), loss="mse")
     if build_first:
         model.optimizer.build(model.trainable_variables)
@@ -169,3 +169,13 @@ def test_optimizer_options_act_on_the_sam_gradient(name):
     assert_weights_close(fit_sam(with_option), expected.weights)
     # The option changes the result: a clip threshold binds, decay/EMA act.
     assert max_difference(eager_sam(without_option).weights, expected.weights) > FAR
+
+
+def test_an_optimizers_loss_scale_factor_leaves_the_ascent_unchanged():
+    """`loss_scale_factor` scales the loss and so both gradients; ε̂ is taken
+    from the unscaled one, so `eps` keeps its meaning (it is large here)."""
+    eps = 0.5
+    expected = eager_sam(lambda: optimizers.SGD(0.1), eps=eps)
+    scaled = fit_sam(lambda: optimizers.SGD(0.1, loss_scale_factor=1024.0), eps=eps)
+    assert_weights_close(scaled, expected.weights)
+    assert max_difference(eager_sam(lambda: optimizers.SGD(0.1)).weights, expected.weights) > FAR

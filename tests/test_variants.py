@@ -207,6 +207,107 @@ def test_rho_zero_is_the_plain_keras_step(name):
     _assert_weights_close(_weights(model), _trained("plain", False), rtol=1e-6)
 
 
+# ---------------------------------------------------- sparse gradients
+VOCAB, DIM, TOKENS = 6, 3, 5
+_TOKENS = _rng.integers(0, VOCAB, size=(4 * BATCH, TOKENS)).astype("int32")
+_TOKEN_LABELS = _rng.integers(0, 3, size=4 * BATCH).astype("int32")
+_TABLE = _rng.normal(size=(VOCAB, DIM)).astype("float32")
+_HEAD = [_rng.normal(size=(DIM, 3)).astype("float32"), np.zeros(3, "float32")]
+
+
+def _embedding_base() -> keras.Model:
+    """Its table's gradient is a `tf.IndexedSlices`."""
+    base = keras.Sequential([
+        keras.Input((TOKENS,), dtype="int32"),
+        keras.layers.Embedding(VOCAB, DIM),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(3),
+    ])
+    base.set_weights([_TABLE, *_HEAD])
+    return base
+
+
+def _one_hot_base() -> keras.Model:
+    """The same function of the same weights on one-hot tokens: dense gradients."""
+    base = keras.Sequential([
+        keras.Input((TOKENS, VOCAB)),
+        keras.layers.Dense(DIM, use_bias=False),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(3),
+    ])
+    base.set_weights([_TABLE, *_HEAD])
+    return base
+
+
+SPARSE_VARIANTS = {
+    "sam": lambda b: SAMModel(b, rho=0.2),
+    "gsam": lambda b: GSAMModel(b, rho=0.2, alpha=0.3),
+    "looksam": lambda b: LookSAMModel(b, rho=0.2, k=2, alpha=0.7),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager_graph", "xla"])
+@pytest.mark.parametrize("name", list(SPARSE_VARIANTS))
+def test_embedding_gradients_give_the_steps_of_the_equivalent_dense_model(name, jit):
+    """An `Embedding` equals a bias-free `Dense` on one-hot tokens, whose steps
+    the float64 references above check: the sparse path must take the same."""
+    runs = {}
+    for base, tokens in (
+        (_embedding_base(), _TOKENS),
+        (_one_hot_base(), np.eye(VOCAB, dtype="float32")[_TOKENS]),
+    ):
+        model = _compile(SPARSE_VARIANTS[name](base), jit=jit)
+        model.fit(tokens, _TOKEN_LABELS, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        runs[len(runs)] = _weights(model)
+    _assert_weights_close(runs[0], runs[1])
+    assert max(np.abs(a - b).max() for a, b in zip(runs[0], [_TABLE, *_HEAD])) > 1e-2
+
+
+# ------------------------------------------------------ m-sharpness state
+def test_m_sharpness_moves_batchnorm_statistics_once_per_step():
+    """Each piece's clean pass starts from the same statistics; the step takes
+    one momentum update towards the pieces' size-weighted mean statistics
+    (as the SAM paper's devices average theirs). Loss and metrics count every
+    row once, each piece normalized by its own batch statistics."""
+    momentum, epsilon = 0.5, 1e-3
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(BATCH, 3)) * [1.0, 2.0, 0.5] + 5.0).astype("float32")
+    y = rng.normal(size=(BATCH, 1)).astype("float32")
+    kernel = rng.normal(size=(3, 1)).astype("float32")
+    base = keras.Sequential([
+        keras.Input((3,)),
+        keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon),
+        keras.layers.Dense(1),
+    ])
+    base.layers[1].set_weights([kernel, np.zeros(1, "float32")])
+    model = SAMModel(base, rho=0.05, num_batch_splits=3)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", metrics=["mae"])
+    history = model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0).history
+
+    sizes = ref.split_sizes(BATCH, 3)
+    pieces = np.split(x.astype(np.float64), np.cumsum(sizes)[:-1])
+    share = np.array(sizes, np.float64)[:, None] / BATCH
+    means = np.stack([p.mean(axis=0) for p in pieces])
+    variances = np.stack([p.var(axis=0) for p in pieces])  # biased, as Keras's moments
+    bn = base.layers[0]
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), (1 - momentum) * (share * means).sum(0), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(),
+        momentum + (1 - momentum) * (share * variances).sum(0),
+        rtol=1e-6,
+    )
+    predictions = np.concatenate([
+        (p - m) / np.sqrt(v + epsilon) @ kernel.astype(np.float64)
+        for p, m, v in zip(pieces, means, variances)
+    ])
+    errors = predictions - y
+    np.testing.assert_allclose(history["loss"][0], (errors**2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(history["mae"][0], np.abs(errors).mean(), rtol=1e-5)
+    assert int(model.optimizer.iterations.numpy()) == 1
+
+
 # ------------------------------------------------------------------ LookSAM
 def test_looksam_cheap_step_uses_the_current_weights():
     """A cheap step moves the *current* weights by −lr·(g + α·‖g‖/‖g_v‖·g_v),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import keras
 
 from keras_sam import _validation as check
@@ -22,6 +24,10 @@ class SharpnessMonitor(keras.callbacks.Callback):
     Both are written into the epoch's `logs`, so `History`, `CSVLogger`,
     `TensorBoard` and `EarlyStopping` see them; an epoch that is not measured
     has no such keys (as Keras's `validation_freq` does for `val_*`).
+    Keras runs callbacks in list order, so a logger listed first would write
+    its row before the keys exist: wherever the monitor is listed, `fit` runs
+    it before the first `CSVLogger`, `TensorBoard`, `ProgbarLogger` or
+    `History` of the list.
 
     Log keys: `"hessian_max_eigenvalue"`, and `"sharpness"` unless the logs
     already hold a `"sharpness"` — `SAMModel` logs its own, the mean over the
@@ -51,8 +57,9 @@ class SharpnessMonitor(keras.callbacks.Callback):
         every: measure every this many epochs, >= 1. Defaults to `1`.
         rho: the ρ of the sharpness. Defaults to `0.05`.
         hessian: also log the top Hessian eigenvalue (one pass over the
-            batches per power iteration). Defaults to `True`.
-        hessian_iterations: power-iteration steps, >= 1. Defaults to `20`.
+            batches per Lanczos step). Defaults to `True`.
+        hessian_iterations: Lanczos steps (Hessian-vector products), >= 1.
+            Defaults to `20`.
         batches: use only the first `batches` batches of `data` (the same
             ones at every measurement); `None` uses all. Defaults to `None`.
         p: norm of the sharpness ball, 1 < p <= inf. Defaults to `2`.
@@ -96,6 +103,7 @@ class SharpnessMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._key = self.sharpness_key
+        _run_before_loggers(self)
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch % self.every or logs is None:
@@ -110,3 +118,41 @@ class SharpnessMonitor(keras.callbacks.Callback):
             logs[self.hessian_key] = hessian_eigenvalues(
                 self.model, self.data, iterations=self.hessian_iterations
             )[0]
+
+
+_LOGGERS = (
+    keras.callbacks.CSVLogger,
+    keras.callbacks.TensorBoard,
+    keras.callbacks.ProgbarLogger,
+    keras.callbacks.History,
+)
+
+
+def _run_before_loggers(callback: keras.callbacks.Callback) -> None:
+    """Moves `callback` ahead of the loggers in the `CallbackList` calling it.
+
+    The list is found among the calling frames (`CallbackList.on_train_begin`
+    is the caller during `fit`); a callback called some other way is left
+    alone. The list attribute is replaced, not changed in place, so the loop
+    running over it now is not disturbed; later events follow the new order.
+    """
+    frame = sys._getframe(1)
+    for _ in range(4):
+        frame = frame.f_back
+        if frame is None:
+            return
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, keras.callbacks.CallbackList):
+            break
+    else:
+        return
+    order = list(owner.callbacks)
+    if not any(c is callback for c in order):
+        return
+    position = next(i for i, c in enumerate(order) if c is callback)
+    first_logger = next((i for i, c in enumerate(order) if isinstance(c, _LOGGERS)), None)
+    if first_logger is None or first_logger > position:
+        return
+    order.pop(position)
+    order.insert(first_logger, callback)
+    owner.callbacks = order

@@ -88,7 +88,7 @@ class DemoSettings:
         batch_size: training batch size. Defaults to `128`.
         num_samples: MNIST-1D size (80% train, 20% test). Defaults to `None`,
             the `mnist1d` default of 5,000.
-        hessian_iterations: power iterations for the top Hessian eigenvalue.
+        hessian_iterations: Lanczos steps for the top Hessian eigenvalue.
             Defaults to `20`.
         landscape_points: points of the 1D loss landscape. Defaults to `21`.
         verbose: Keras's `verbose` for `fit`; 1 shows progress bars.

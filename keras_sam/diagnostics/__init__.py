@@ -10,8 +10,8 @@ model's compiled loss (with `model.losses`) in inference mode
   ε̂_b = `keras_sam.perturbation(∇L_b(w), w, rho)` and m the batch size. It is
   what SAM minimises, so it is the number to watch while training with SAM.
 - `hessian_eigenvalues` — the top eigenvalues of ∇²L (curvature along the
-  sharpest directions), by power iteration with deflation on exact
-  Hessian-vector products; λ_max is the classic sharpness of Keskar et al.
+  sharpest directions), by Lanczos iteration on exact Hessian-vector
+  products; λ_max is the classic sharpness of Keskar et al.
   For small ρ, sharpness ≈ ρ‖g‖ + ½ρ²·ĝᵀHĝ.
 - `loss_landscape` — the loss along one or two random filter-normalized
   directions (Li et al., 2018), drawn by `plot_loss_landscape`: a flat

@@ -129,7 +129,7 @@ def loss_landscape(
     normalization: str | None = "filter",
     seed: int = 0,
     batches: int | None = None,
-    batch_size: int = 128,
+    batch_size: int = 32,
 ) -> LossLandscape:
     """The loss on a line or plane of random directions through the weights.
 
@@ -172,7 +172,9 @@ def loss_landscape(
             Defaults to `0`.
         batches: use only the first `batches` batches; `None` uses all.
             Defaults to `None`.
-        batch_size: rows per batch when `data` is arrays. Defaults to `128`.
+        batch_size: rows per batch when `data` is arrays. Defaults to `32`,
+            as `model.evaluate`'s: offset 0 then equals `model.evaluate(x, y)`
+            bit for bit.
 
     Returns:
         A `LossLandscape`.

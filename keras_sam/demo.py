@@ -443,18 +443,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--seed",
         "--seeds",
         dest="seeds",
-        type=argtypes.non_negative_int,
+        type=argtypes.seed,
         nargs="+",
         default=[0],
         metavar="SEED",
         help="one or more seeds; each trains both runs (default: 0)",
     )
+    # Both paths are checked here, so that a bad one fails before training
+    # rather than after it (argparse checks the default --out too).
     parser.add_argument(
         "--out",
+        type=argtypes.output_directory,
         default="keras-sam-demo",
         help="folder for the figures (default: ./%(default)s/)",
     )
-    parser.add_argument("--json", metavar="FILE", help="also write the table to FILE as JSON")
+    parser.add_argument(
+        "--json",
+        type=argtypes.output_file,
+        metavar="FILE",
+        help="also write the table to FILE as JSON",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

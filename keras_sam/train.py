@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -38,10 +40,12 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 import keras_sam
 from keras_sam import _argtypes as argtypes
 from keras_sam._validation import InvalidArgumentError, check_int, check_real
+from keras_sam.cli import OneLineErrorParser
 from keras_sam.data.tfds_images import load_image_dataset
 from keras_sam.models.resnet import MODEL_NAMES, get_model
 
@@ -51,6 +55,8 @@ __all__ = [
     "add_parser",
     "build_model",
     "build_optimizer",
+    "check_dataset",
+    "check_model_name",
     "cosine_schedule",
     "main",
     "run",
@@ -115,6 +121,7 @@ class TrainConfig:
             ("sam", SAM_CHOICES),
             ("optimizer", OPTIMIZER_CHOICES),
             ("strategy", STRATEGY_CHOICES),
+            ("shortcut", ("A", "B")),
         ):
             if getattr(self, name) not in choices:
                 raise InvalidArgumentError(
@@ -129,8 +136,15 @@ class TrainConfig:
             )
         if self.looksam_k is not None and self.sam != "looksam":
             raise InvalidArgumentError(
-                f"`looksam_k` is only for `--sam looksam`. Received: sam={self.sam!r}."
+                f"`looksam_k` is only for `--sam looksam`. "
+                f"Received: sam={self.sam!r}, looksam_k={self.looksam_k!r}."
             )
+        if self.alpha is not None and self.sam not in _VARIANTS:
+            raise InvalidArgumentError(
+                f"`alpha` is only for `--sam gsam` and `--sam looksam`. "
+                f"Received: sam={self.sam!r}, alpha={self.alpha!r}."
+            )
+        check_model_name(self.model)
         config = dataclasses.replace(self)
         config.epochs = check_int("epochs", self.epochs, minimum=1)
         config.batch_size = check_int("batch_size", self.batch_size, minimum=1)
@@ -143,6 +157,17 @@ class TrainConfig:
         config.label_noise = check_real("label_noise", self.label_noise, minimum=0.0, maximum=1.0)
         config.weight_decay = check_real("weight_decay", self.weight_decay, minimum=0.0)
         config.warmup_epochs = check_real("warmup_epochs", self.warmup_epochs, minimum=0.0)
+        # Keras's SGD takes momentum in [0, 1] (and a float only); 1 never decays.
+        config.momentum = _below_one("momentum", self.momentum)
+        config.dropout = _below_one("dropout", self.dropout)
+        if config.dropout and not _WRN_NAME.fullmatch(self.model):
+            raise InvalidArgumentError(
+                f"`dropout` is only for Wide ResNets (wrn...); {self.model} has no dropout. "
+                f"Received: model={self.model!r}, dropout={self.dropout!r}."
+            )
+        if self.alpha is not None:
+            config.alpha = check_real("alpha", self.alpha, minimum=0.0)
+        config.seed = check_int("seed", self.seed, minimum=0, maximum=argtypes.MAX_SEED)
         config.rho = (
             DEFAULT_RHO.get(self.sam)
             if self.rho is None
@@ -156,7 +181,78 @@ class TrainConfig:
             else check_real("lr", self.lr, minimum=0.0, exclusive_minimum=True)
         )
         config.out = self.out or os.path.join("runs", f"{self.dataset}-{self.model}-{self.sam}")
+        problem = argtypes.directory_problem(config.out)
+        if problem:
+            raise InvalidArgumentError(f"`out` cannot be the output directory: {problem}.")
         return config
+
+
+def _below_one(name: str, value) -> float:
+    """`value` as a float in [0, 1), or raises."""
+    value = check_real(name, value, minimum=0.0, maximum=1.0)
+    if value == 1.0:
+        raise InvalidArgumentError(f"`{name}` must be in [0, 1). Received: {name}={value!r}.")
+    return value
+
+
+# The names `get_model` builds; `check_model_name` checks them without building.
+_RESNET_NAME = re.compile(r"resnet(\d+)")
+_WRN_NAME = re.compile(r"wrn(\d+)_(\d+)")
+
+
+def check_model_name(name: str) -> str:
+    """Returns `name` if `get_model` builds it, else raises InvalidArgumentError.
+
+    It checks before any data is loaded what `get_model` would only find out
+    after: a CIFAR ResNet has depth 6n + 2, a Wide ResNet 6n + 4 and width >= 1.
+
+    >>> check_model_name("wrn40_4")
+    'wrn40_4'
+    """
+    if isinstance(name, str):
+        if match := _RESNET_NAME.fullmatch(name):
+            depth = int(match[1])
+            if depth >= 8 and (depth - 2) % 6 == 0:
+                return name
+        elif match := _WRN_NAME.fullmatch(name):
+            depth, width = int(match[1]), int(match[2])
+            if depth >= 10 and (depth - 4) % 6 == 0 and width >= 1:
+                return name
+    raise InvalidArgumentError(
+        f"`model` must be one of {', '.join(MODEL_NAMES)}, or any resnet{{6n+2}} "
+        f"(resnet8, resnet14, resnet32, ...) or wrn{{6n+4}}_{{width}} (wrn10_1, wrn40_4, ...). "
+        f"Received: model={name!r}."
+    )
+
+
+def check_dataset(name: str, data_dir: str | None = None) -> str:
+    """Returns `name` if TFDS has a builder for it, else raises InvalidArgumentError.
+
+    Only looks the name up and constructs the builder (no download, no data
+    read), so that a misspelt `--dataset` fails at once and in one line.
+
+    >>> check_dataset("cifar10")
+    'cifar10'
+    """
+    try:
+        tfds.builder(name, data_dir=data_dir)
+        return name
+    except tfds.core.DatasetNotFoundError:
+        # TFDS's own message lists every dataset it knows, hundreds of lines.
+        problem = "is not a TFDS dataset"
+    except (ValueError, AssertionError, TypeError) as error:
+        # A malformed name, or an unknown config, version or builder argument.
+        reason = str(error).strip().split("\n")[0].split(" Here are ")[0].rstrip(".")
+        problem = f"cannot be loaded ({reason or type(error).__name__})"
+    close = difflib.get_close_matches(
+        name, tfds.list_builders(with_community_datasets=False), n=3, cutoff=0.85
+    )
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise InvalidArgumentError(
+        f"`dataset` {name!r} {problem}; {hint}`tfds.list_builders()` lists the datasets "
+        "(image classification: cifar10, cifar100, svhn_cropped, fashion_mnist, mnist, ...). "
+        f"Received: dataset={name!r}."
+    )
 
 
 # ---------------------------------------------------------------- devices
@@ -291,8 +387,7 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
             (`BackupAndRestore`, `CSVLogger`, `TensorBoard`).
     """
     config = config.validated()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_dataset(config.dataset, config.data_dir)
     keras.utils.set_random_seed(config.seed)
     strategy = select_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
@@ -307,6 +402,8 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
             f"`batch_size` ({config.batch_size}) must be a multiple of the number of "
             f"replicas ({replicas})."
         )
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
 
     data = load_image_dataset(
         config.dataset,
@@ -452,18 +549,24 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "B = 1x1 projection (default: %(default)s)",
     )
     model.add_argument(
-        "--dropout", type=argtypes.fraction, default=defaults.dropout, help="Wide ResNet dropout"
+        "--dropout",
+        type=argtypes.fraction_below_one,
+        default=defaults.dropout,
+        help="Wide ResNet dropout, in [0, 1) (default: %(default)s)",
     )
 
     sam = parser.add_argument_group("sharpness-aware minimization")
     sam.add_argument("--sam", choices=SAM_CHOICES, default=defaults.sam, help="(default: sam)")
     sam.add_argument(
         "--rho",
-        type=float,
+        type=argtypes.non_negative,
         help="neighbourhood radius (default: 0.05; 0.5 for asam)",
     )
     sam.add_argument(
-        "--alpha", type=float, help="GSAM's or LookSAM's alpha (default: the class default)"
+        "--alpha",
+        type=argtypes.non_negative,
+        help="GSAM's or LookSAM's alpha; only with --sam gsam or looksam "
+        "(default: the class default)",
     )
     sam.add_argument(
         "--looksam-k", type=argtypes.positive_int, help="LookSAM: SAM step every k steps"
@@ -475,22 +578,25 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     optimization.add_argument(
         "--lr",
-        type=float,
+        type=argtypes.positive,
         help="peak learning rate of the cosine schedule (default: 0.1 for sgd, 1e-3 otherwise)",
     )
     optimization.add_argument(
-        "--momentum", type=float, default=defaults.momentum, help="(default: %(default)s)"
+        "--momentum",
+        type=argtypes.fraction_below_one,
+        default=defaults.momentum,
+        help="SGD's and RMSprop's momentum, in [0, 1) (default: %(default)s)",
     )
     optimization.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     optimization.add_argument(
         "--warmup-epochs",
-        type=float,
+        type=argtypes.non_negative,
         default=defaults.warmup_epochs,
         help="linear warmup before the cosine decay (default: %(default)s)",
     )
     optimization.add_argument(
         "--weight-decay",
-        type=float,
+        type=argtypes.non_negative,
         default=defaults.weight_decay,
         help="L2 weight decay: 0.5*wd*||w||^2 of every weight added to the loss "
         "(decoupled for adamw) (default: %(default)s)",
@@ -518,7 +624,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=argtypes.positive_int,
         help="steps per epoch (default: training examples // batch size)",
     )
-    optimization.add_argument("--seed", type=int, default=defaults.seed, help="(default: 0)")
+    optimization.add_argument(
+        "--seed", type=argtypes.seed, default=defaults.seed, help="(default: %(default)s)"
+    )
 
     hardware = parser.add_argument_group("hardware")
     hardware.add_argument(
@@ -542,6 +650,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument(
         "--out",
+        type=argtypes.output_directory,
         help="output directory; rerun with the same --out to resume "
         "(default: runs/<dataset>-<model>-<sam>)",
     )
@@ -598,7 +707,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`keras-sam train` on its own: `python -m keras_sam.train --help`."""
-    parser = argparse.ArgumentParser(prog="keras-sam")
+    parser = OneLineErrorParser(prog="keras-sam")  # one-line errors, as `keras-sam train`
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_parser(subparsers)
     args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -67,6 +67,7 @@ def test_bad_argument_in_a_subprocess_is_one_line_and_status_2():
         (["--epochs", "0"], "--epochs"),
         (["--epochs", "2.5"], "--epochs"),
         (["--seed", "-1"], "--seed"),
+        (["--seed", "4294967296"], "--seed"),  # beyond NumPy's 32-bit seeds
         (["--lr", "0"], "--lr"),
         (["--batch-size", "0"], "--batch-size"),
     ],
@@ -81,6 +82,50 @@ def test_bad_demo_arguments_exit_2_with_one_line(arguments, option, capsys):
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("keras-sam demo: error: argument ")
     assert option in lines[0]
+
+
+@pytest.mark.parametrize(
+    "option, value, culprit, reason",
+    [
+        ("--out", "{file}", "afile", "exists and is not a directory"),
+        ("--out", "{file}/figures", "afile", "is not a directory, so"),
+        ("--json", "{folder}", "afolder", "is a directory, not a file"),
+        ("--json", "{file}/table.json", "afile", "is not a directory, so"),
+    ],
+)
+def test_bad_demo_paths_fail_before_training(
+    option, value, culprit, reason, tmp_path, monkeypatch, capsys
+):
+    """A path the demo could not write to is refused up front, not after the
+    runs (whose results would be lost) and not as a traceback."""
+    from keras_sam import demo
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the demo started training")
+
+    monkeypatch.setattr(demo, "run_demo", no_training)
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "afolder").mkdir()
+    value = value.format(file=tmp_path / "afile", folder=tmp_path / "afolder")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--quick", "-q", "--out", str(tmp_path / "out"), option, value])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"keras-sam demo: error: argument {option}: ")
+    assert reason in lines[0] and repr(str(tmp_path / culprit)) in lines[0]
+    assert lines[0].endswith("(see 'keras-sam demo --help')")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "afolder"]  # nothing written
+
+
+def test_demo_paths_that_do_not_exist_yet_are_accepted(tmp_path):
+    args = cli.build_parser().parse_args(
+        ["demo", "--out", str(tmp_path / "a" / "b"), "--json", str(tmp_path / "c" / "t.json")]
+    )
+    assert (args.out, args.json) == (str(tmp_path / "a" / "b"), str(tmp_path / "c" / "t.json"))
+    assert list(tmp_path.iterdir()) == []  # checking creates nothing
 
 
 def test_missing_or_unknown_subcommand_exits_2(capsys):

@@ -23,10 +23,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import keras_sam
+from keras_sam import cli
 from keras_sam import train as train_module
 from keras_sam._validation import InvalidArgumentError
 from keras_sam.data import tfds_images
 from keras_sam.data.tfds_images import load_image_dataset, symmetric_label_noise
+from keras_sam.models.resnet import get_model
 from keras_sam.train import TrainConfig, main, train
 
 TINY = dict(max_examples=16, batch_size=8, epochs=1, verbose=0)
@@ -222,12 +224,112 @@ def test_missing_variant_is_a_clear_error(tmp_path, monkeypatch, capsys):
         ({"rho": -0.1}, "`rho`"),
         ({"batch_size": 32}, "fewer than one batch"),
         ({"strategy": "tpu"}, "found no TPU"),
+        ({"momentum": 1.0}, r"`momentum` must be in \[0, 1\)"),
+        ({"dropout": 0.3}, "only for Wide ResNets"),
+        ({"model": "wrn16_1", "dropout": 1.0}, r"`dropout` must be in \[0, 1\)"),
+        ({"shortcut": "C"}, "`shortcut` must be one of A, B"),
+        ({"alpha": 0.3}, "`alpha` is only for `--sam gsam` and `--sam looksam`"),
+        ({"sam": "gsam", "alpha": -1.0}, "`alpha` must be a finite real number >= 0"),
+        ({"seed": 2**32}, "`seed` must be an integer >= 0 and <= 4294967295"),
+        ({"model": "resnet21"}, "`model` must be one of"),
+        ({"dataset": "not_a_dataset"}, "is not a TFDS dataset"),
     ],
 )
 def test_bad_settings_raise_before_training(tmp_path, change, message):
     settings = {**TINY, "out": str(tmp_path), **change}
     with pytest.raises(InvalidArgumentError, match=message):
         train(TrainConfig(**settings))
+
+
+# One-line errors of `keras-sam train`: (arguments, what the line must contain).
+# "{file}" is an existing regular file.
+BAD_TRAIN_ARGUMENTS = [
+    (["--momentum", "-1"], ["argument --momentum: must be in [0, 1), got -1"]),
+    (["--momentum", "1"], ["argument --momentum: must be in [0, 1), got 1"]),
+    (["--dataset", "not_a_dataset"], ["`dataset` 'not_a_dataset' is not a TFDS dataset",
+                                      "dataset='not_a_dataset'"]),
+    (["--dataset", "cifar-10"], ["`dataset` 'cifar-10' cannot be loaded", "did you mean cifar10"]),
+    (["--dataset", "cifar10/nope"], ["`dataset` 'cifar10/nope' cannot be loaded",
+                                     "BuilderConfig nope not found", "dataset='cifar10/nope'"]),
+    (["--model", "resnet21"], ["`model` must be one of", "model='resnet21'"]),
+    (["--model", "wrn16_0"], ["`model` must be one of", "model='wrn16_0'"]),
+    (["--model", "vgg16"], ["`model` must be one of", "model='vgg16'"]),
+    (["--alpha", "0.3", "--sam", "sam"], ["`alpha` is only for `--sam gsam` and `--sam looksam`",
+                                          "sam='sam', alpha=0.3"]),
+    (["--alpha", "0.3", "--sam", "none"], ["`alpha` is only for", "sam='none', alpha=0.3"]),
+    (["--alpha", "-1", "--sam", "gsam"], ["argument --alpha: must be >= 0, got -1"]),
+    (["--looksam-k", "3", "--sam", "gsam"], ["`looksam_k` is only for `--sam looksam`",
+                                             "sam='gsam', looksam_k=3"]),
+    (["--rho", "-0.1"], ["argument --rho: must be >= 0, got -0.1"]),
+    (["--rho", "nan"], ["argument --rho: expected a finite number, got 'nan'"]),
+    (["--rho", "inf"], ["argument --rho: expected a finite number, got 'inf'"]),
+    (["--lr", "0"], ["argument --lr: must be > 0, got 0"]),
+    (["--weight-decay", "-0.0005"], ["argument --weight-decay: must be >= 0, got -0.0005"]),
+    (["--warmup-epochs", "-1"], ["argument --warmup-epochs: must be >= 0, got -1"]),
+    (["--epochs", "0"], ["argument --epochs: must be an integer >= 1, got 0"]),
+    (["--batch-size", "0"], ["argument --batch-size: must be an integer >= 1, got 0"]),
+    (["--seed", "-1"], ["argument --seed: must be an integer in [0, 4294967295], got -1"]),
+    (["--dropout", "1", "--model", "wrn16_1"], ["argument --dropout: must be in [0, 1), got 1"]),
+    (["--dropout", "0.3"], ["`dropout` is only for Wide ResNets", "dropout=0.3"]),
+    (["--out", "{file}"], ["argument --out: '{file}' exists and is not a directory"]),
+    (["--out", "{file}/run"], ["argument --out: '{file}' is not a directory, so '{file}/run'"]),
+]
+
+
+@pytest.mark.parametrize("arguments, expected", BAD_TRAIN_ARGUMENTS)
+@pytest.mark.parametrize("entry", ["keras-sam", "python -m keras_sam.train"])
+def test_bad_train_arguments_are_one_line_before_any_data(
+    arguments, expected, entry, tmp_path, monkeypatch, capsys
+):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr(train_module, "load_image_dataset", no_data)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    arguments = [a.format(file=afile) for a in arguments]
+    expected = [e.format(file=afile) for e in expected]
+    if "--out" not in arguments:
+        arguments += ["--out", str(tmp_path / "run")]
+    try:
+        if entry == "keras-sam":
+            status = cli.main(["train", *arguments])
+        else:
+            status = main(arguments)
+    except SystemExit as exit_info:  # argparse's errors
+        status = exit_info.code
+    assert status == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("keras-sam train: error: ")
+    for part in expected:
+        assert part in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["resnet21", "resnet2", "resnet0", "resnet", "ResNet20", "resnet20 ", "wrn16_0", "wrn12_2",
+     "wrn4_1", "wrn16", "wrn16_8_1", "vgg16", "", "resnet8", "resnet020", "wrn10_1"],
+)
+def test_model_names_are_checked_as_get_model_builds_them(name):
+    """`check_model_name` (no building) agrees with `get_model` (which builds)."""
+    try:
+        network = get_model(name, num_classes=2, input_shape=(8, 8, 1))
+    except InvalidArgumentError:
+        with pytest.raises(InvalidArgumentError, match=f"Received: model={name!r}"):
+            train_module.check_model_name(name)
+    else:
+        assert network.count_params() > 0
+        assert train_module.check_model_name(name) == name
+
+
+def test_integer_momentum_becomes_the_float_keras_needs():
+    config = TrainConfig(momentum=0, seed=2**32 - 1).validated()
+    assert type(config.momentum) is float and config.momentum == 0.0
+    assert train_module.build_optimizer(config, total_steps=8).momentum == 0.0
 
 
 def test_defaults_are_filled_per_method_and_optimizer():

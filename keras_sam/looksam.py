@@ -11,6 +11,10 @@ from keras_sam.sam_model import SAMModel
 
 __all__ = ["LookSAMModel"]
 
+# A stored direction this small relative to the SAM gradient is float32
+# rounding (the two passes differ by graph rewrites even at rho = 0).
+_ROUNDING = 1e-5
+
 
 @keras.saving.register_keras_serializable(package="keras_sam")
 class LookSAMModel(SAMModel):
@@ -23,7 +27,12 @@ class LookSAMModel(SAMModel):
     live weights; nothing is reset to an older copy. `k=1` is SAM exactly.
 
     The step counter and g_v are variables of the model: they are saved with
-    it and restored by `load_model`, checkpoints and `BackupAndRestore`.
+    it and restored by `load_model`, checkpoints and `BackupAndRestore`. g_v
+    is kept per weight for every weight that can be trained, frozen or not,
+    so freezing or unfreezing layers between fits (fine-tuning) keeps each
+    weight's own direction. A g_v at float32 rounding level (‖g_v‖ below
+    1e-5·‖g_sam‖, as with `rho=0`) counts as zero: normalized to α‖g‖ it
+    would be a random kick.
 
     Use it when SAM's 2x cost is too much: with k=5 a step costs about 1.2x a
     plain step.
@@ -66,27 +75,48 @@ class LookSAMModel(SAMModel):
         self._look_step = keras.Variable(0, trainable=False, dtype="int64", name="look_step")
         self._reused_direction = None
         if self.built:
-            self._reused_direction_variables(base_model.trainable_variables)
+            self._create_reused_direction()
+
+    def _trainable_weights_frozen_or_not(self):
+        """The base's weights created trainable, whether frozen now or not,
+        in the order of `base_model.weights` (that of `trainable_weights`
+        when nothing is frozen)."""
+        created_trainable = {
+            id(v)
+            for layer in self.base_model._flatten_layers(include_self=True)
+            for v in layer._trainable_variables
+        }
+        return [v for v in self.base_model.weights if id(v) in created_trainable]
+
+    def _create_reused_direction(self):
+        # Created lazily, once the base model's variables exist.
+        if self._reused_direction is not None:
+            return
+        weights = self._trainable_weights_frozen_or_not()
+        self._reused_direction = [
+            self.add_weight(
+                shape=v.shape, initializer="zeros", dtype=v.dtype, trainable=False, name="look_g_v"
+            )
+            for v in weights
+        ]
+        # Which g_v belongs to which weight (kept out of Keras's tracking).
+        object.__setattr__(self, "_direction_of", {id(v): i for i, v in enumerate(weights)})
 
     def _reused_direction_variables(self, variables):
-        # Created lazily, once the base model's variables exist.
-        if self._reused_direction is None:
-            self._reused_direction = [
-                self.add_weight(
-                    shape=v.shape,
-                    initializer="zeros",
-                    dtype=v.dtype,
-                    trainable=False,
-                    name="look_g_v",
-                )
-                for v in variables
-            ]
-        return self._reused_direction
+        """The g_v of each of `variables` (the weights trained now)."""
+        self._create_reused_direction()
+        missing = [v.path for v in variables if id(v) not in self._direction_of]
+        if missing:
+            raise ValueError(
+                "LookSAMModel keeps a stored direction for each weight created "
+                f"trainable; these are trained now but were not: {missing}."
+            )
+        return [self._reused_direction[self._direction_of[id(v)]] for v in variables]
 
     def build(self, input_shape=None):
         super().build(input_shape)
         if self.base_model.built:
-            self._reused_direction_variables(self.base_model.trainable_variables)
+            self._create_reused_direction()
 
     def _sam_gradients(self, x, y, sample_weight, variables):
         if self.k == 1:
@@ -102,9 +132,12 @@ class LookSAMModel(SAMModel):
                 x, y, sample_weight, variables, loss, ascent_gradients
             )
             direction = orthogonal_part(sam_gradients, gradients)
-            finite = tf.math.is_finite(global_norm(direction))
+            norm = global_norm(direction)
+            finite = tf.math.is_finite(norm)
+            rounding = tf.logical_not(norm > _ROUNDING * global_norm(sam_gradients))
             for i in present:
-                stored[i].assign(tf.where(finite, direction[i], stored[i].value))
+                new = tf.where(rounding, tf.zeros_like(direction[i]), direction[i])
+                stored[i].assign(tf.where(finite, new, stored[i].value))
             # Dense in both branches: a `tf.cond` needs the same structure.
             return [as_dense(sam_gradients[i]) for i in present]
 

@@ -237,6 +237,13 @@ class SAMModel(keras.Model):
     def summary(self, *args, **kwargs):
         return self.base_model.summary(*args, **kwargs)
 
+    def get_layer(self, name=None, index=None):
+        """As Keras's; a name that is not the base's own is looked up in the
+        base, so `model.get_layer("dense")` finds the base's layer."""
+        if name is not None and index is None and name != self.base_model.name:
+            return self.base_model.get_layer(name=name)
+        return super().get_layer(name=name, index=index)
+
     def export(self, filepath, *args, **kwargs):
         """Exports the base model's inference (no SAM state) as a SavedModel."""
         return self.base_model.export(filepath, *args, **kwargs)
@@ -478,8 +485,8 @@ class SAMModel(keras.Model):
         Returns (loss, scaled gradients, state update). With `collect_state`
         the forward pass runs in a `keras.StatelessScope` reading w as is:
         the new values of `_model_state()` are returned, not assigned (the
-        dropout seeds are). Otherwise they are assigned and the state update
-        is `[]`.
+        dropout seeds and metrics are). Otherwise they are assigned and the
+        state update is `[]`.
         """
         state_update = []
         with tf.GradientTape() as tape:
@@ -490,7 +497,10 @@ class SAMModel(keras.Model):
                     loss = self._compute_loss(
                         x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
                     )
-                self._assign_seed_states(scope)
+                # The dropout seeds and the per-output loss trackers of
+                # `compute_loss` move as usual; the model's state is returned.
+                self._assign_captured(scope, self._seed_states())
+                self._assign_captured(scope, self._training_metric_variables())
                 state_update = [scope.get_current_value(v) for v in self._model_state()]
             else:
                 y_pred = self(x, training=True)
@@ -521,18 +531,19 @@ class SAMModel(keras.Model):
             scaled_loss = self.optimizer.scale_loss(loss)
         moved_gradients = tape.gradient(scaled_loss, perturbed)
         # Keep the random masks advancing; drop every other captured update.
-        self._assign_seed_states(scope)
+        self._assign_captured(scope, self._seed_states())
         gradients = [None] * len(variables)
         for i, g in zip(moved, moved_gradients):
             gradients[i] = g
         return loss, gradients
 
-    def _assign_seed_states(self, scope):
-        """Assigns the dropout seeds' new values captured by `scope`."""
-        for state in self._seed_states():
-            new_value = scope.get_current_value(state)
+    @staticmethod
+    def _assign_captured(scope, variables):
+        """Assigns the new values `scope` captured for `variables`, if any."""
+        for variable in variables:
+            new_value = scope.get_current_value(variable)
             if new_value is not None:
-                state.assign(new_value)
+                variable.assign(new_value)
 
     def _seed_states(self):
         return [

@@ -626,3 +626,17 @@ def test_model_saved_by_v0_1_0_continues_training(saved_fixture):
     assert int(model.optimizer.iterations.numpy()) == expected["optimizer"]["iterations"] + 1
     assert history["loss"][0] == pytest.approx(step.loss, rel=1e-5)
     assert history["sharpness"][0] == pytest.approx(step.sharpness, rel=1e-4)
+
+
+def test_get_layer_finds_the_base_models_layers_by_name():
+    base = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(2, name="first"),
+         keras.layers.Dense(1, name="last")],
+        name="base",
+    )
+    model = SAMModel(base)
+    assert model.get_layer("last") is base.layers[1]
+    assert model.get_layer("base") is base
+    assert model.get_layer(index=0) is base  # Keras's own lookup by position
+    with pytest.raises(ValueError, match="nope"):
+        model.get_layer("nope")

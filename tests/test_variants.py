@@ -14,6 +14,7 @@ import functools
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_sam import GSAMModel, LookSAMModel, SAMModel
 
@@ -308,7 +309,110 @@ def test_m_sharpness_moves_batchnorm_statistics_once_per_step():
     assert int(model.optimizer.iterations.numpy()) == 1
 
 
+def test_m_sharpness_logs_each_outputs_loss_as_plain_keras():
+    """The per-output loss trackers of a multi-output model count every piece."""
+    def base():
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(6, activation="tanh")(inputs)
+        outputs = {
+            "cls": keras.layers.Dense(3, name="cls")(hidden),
+            "reg": keras.layers.Dense(1, name="reg")(hidden),
+        }
+        model = keras.Model(inputs, outputs)
+        keras.utils.set_random_seed(4)
+        model.set_weights([np.random.default_rng(i).normal(size=w.shape).astype("float32")
+                           for i, w in enumerate(model.get_weights())])
+        return model
+
+    targets = {"cls": Y[:4 * BATCH], "reg": X[:4 * BATCH, :1]}
+    histories = []
+    for model in (base(), SAMModel(base(), rho=0.0, num_batch_splits=3)):
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05),
+            loss={"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  "reg": "mse"},
+        )
+        history = model.fit(X[:4 * BATCH], targets, batch_size=BATCH, epochs=2,
+                            shuffle=False, verbose=0).history
+        histories.append(history)
+    plain, sam = histories
+    for name in ("loss", "cls_loss", "reg_loss"):
+        np.testing.assert_allclose(sam[name], plain[name], rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("cls", [SAMModel, GSAMModel, LookSAMModel])
+def test_rho_zero_with_a_loss_scaler_and_batchnorm_is_the_plain_step(cls):
+    """At rho = 0 the two passes agree only to float32 rounding (graph
+    rewrites); LookSAM must not blow that rounding up to α‖g‖."""
+    def base():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([
+            keras.Input((4,)),
+            keras.layers.Dense(5, activation="tanh"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(3),
+        ])
+
+    weights = []
+    for model in (base(), cls(base(), rho=0.0)):
+        model.compile(
+            optimizer=keras.optimizers.LossScaleOptimizer(
+                keras.optimizers.SGD(0.1, momentum=0.9)
+            ),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.fit(X[:6 * BATCH], Y[:6 * BATCH], batch_size=BATCH, shuffle=False, verbose=0)
+        weights.append(_weights(model))
+    _assert_weights_close(weights[1], weights[0], rtol=1e-6)
+
+
 # ------------------------------------------------------------------ LookSAM
+def test_looksam_keeps_each_weights_direction_when_layers_are_frozen_between_fits():
+    """Step 0 (full) stores g_v for every weight; then the first layer is
+    frozen and step 1 (a reuse step) must use the g_v of the weights still
+    trained, computed here eagerly from the formula."""
+    rho, alpha, lr = 0.1, 0.7, 0.1
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    (x0, y0), (x1, y1) = _batches(0, 2)
+
+    reference = _base()
+    variables = reference.trainable_variables
+
+    def gradient(x, y, of):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, reference(x, training=True))
+        return tape.gradient(loss, of)
+
+    def norm(vectors):
+        return tf.sqrt(sum(tf.reduce_sum(v * v) for v in vectors))
+
+    g = gradient(x0, y0, variables)
+    saved = [tf.identity(v) for v in variables]
+    for v, gi in zip(variables, g):
+        v.assign_add(rho * gi / norm(g))
+    g_sam = gradient(x0, y0, variables)
+    coefficient = sum(tf.reduce_sum(a * b) for a, b in zip(g_sam, g)) / norm(g) ** 2
+    g_v = [a - coefficient * b for a, b in zip(g_sam, g)]
+    for v, w, gi in zip(variables, saved, g_sam):
+        v.assign(w - lr * gi)
+    trained = variables[2:]  # the first layer is frozen for step 1
+    g1 = gradient(x1, y1, trained)
+    scale = alpha * norm(g1) / norm(g_v[2:])
+    for v, gi, d in zip(trained, g1, g_v[2:]):
+        v.assign_sub(lr * (gi + scale * d))
+
+    base = _base()
+    model = LookSAMModel(base, rho=rho, k=2, alpha=alpha)
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss=loss_fn)
+    model.fit(x0, y0, batch_size=BATCH, shuffle=False, verbose=0)
+    base.layers[0].trainable = False
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss=loss_fn)
+    model.fit(x1, y1, batch_size=BATCH, shuffle=False, verbose=0)
+    _assert_weights_close([np.asarray(v) for v in base.weights],
+                          [np.asarray(v) for v in variables])
+    assert int(model._look_step.numpy()) == 2
+
+
 def test_looksam_cheap_step_uses_the_current_weights():
     """A cheap step moves the *current* weights by −lr·(g + α·‖g‖/‖g_v‖·g_v),
     g taken at the current weights; an implementation that resets to the copy

@@ -147,11 +147,9 @@ def _run_before_loggers(callback: keras.callbacks.Callback) -> None:
     else:
         return
     order = list(owner.callbacks)
-    if not any(c is callback for c in order):
-        return
-    position = next(i for i, c in enumerate(order) if c is callback)
+    position = next((i for i, c in enumerate(order) if c is callback), None)
     first_logger = next((i for i, c in enumerate(order) if isinstance(c, _LOGGERS)), None)
-    if first_logger is None or first_logger > position:
+    if position is None or first_logger is None or first_logger > position:
         return
     order.pop(position)
     order.insert(first_logger, callback)

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from keras_sam import _validation as check
 from keras_sam._validation import InvalidArgumentError
+from keras_sam.gradient_math import all_finite
 
 __all__ = ["perturbation", "validate_p"]
 
@@ -67,7 +68,7 @@ def _dual_direction(
         scale = tf.where(usable, rho / (norm + eps), tf.zeros_like(norm))
         # Non-finite entries would turn 0 * inf into NaN: zero them when skipping.
         return [scale * tf.where(usable, g, tf.zeros_like(g)) for g in gradients]
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+    finite = all_finite(gradients)
     gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
     scale = tf.where(finite, rho, tf.zeros_like(rho))
     if math.isinf(p):

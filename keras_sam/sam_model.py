@@ -307,12 +307,11 @@ class SAMModel(keras.Model):
     def _pieces_gradients(self, x, y, sample_weight, variables):
         pieces = list(self._batch_pieces(x, y, sample_weight))
         # With several pieces, each clean pass hands back its update of the
-        # model's state (BatchNorm statistics) instead of assigning it; the
-        # step then assigns their size-weighted mean once (see
-        # `_assign_mean_state`).
-        # Trace-time bookkeeping: set past Keras's and TensorFlow's attribute
-        # tracking, which would wrap the list and could save it.
-        object.__setattr__(self, "_piece_state_updates", [] if len(pieces) > 1 else None)
+        # model's state (BatchNorm statistics) instead of assigning it, into
+        # this trace-time list; the step then assigns their size-weighted mean
+        # once (see `_assign_mean_state`). Set past Keras's and TensorFlow's
+        # attribute tracking, which would wrap the list and could save it.
+        object.__setattr__(self, "_piece_state_updates", [])
         try:
             gradients, losses = None, []
             for piece, weight in pieces:
@@ -331,13 +330,17 @@ class SAMModel(keras.Model):
                     a if b is None else (b if a is None else a + b)
                     for a, b in zip(gradients, piece_gradients)
                 ]
-            if self._piece_state_updates is not None:
+            if self._collects_piece_state:
                 self._assign_mean_state(
                     [weight for _, weight in pieces], self._piece_state_updates
                 )
             return gradients, losses
         finally:
             object.__setattr__(self, "_piece_state_updates", None)
+
+    @property
+    def _collects_piece_state(self) -> bool:
+        return self.num_batch_splits > 1
 
     def _assign_mean_state(self, weights, updates):
         """One update of the model's state from the pieces' updates.
@@ -452,7 +455,7 @@ class SAMModel(keras.Model):
         out of `LookSAMModel`'s `tf.cond`, where MirroredStrategy cannot run it.
         """
 
-        collect_state = getattr(self, "_piece_state_updates", None) is not None
+        collect_state = self._collects_piece_state
 
         def clean_pass():
             return self._clean_pass(x, y, sample_weight, variables, collect_state)
@@ -490,23 +493,25 @@ class SAMModel(keras.Model):
         """
         state_update = []
         with tf.GradientTape() as tape:
+            # Created inside the tape: the reads of w it maps to are recorded.
+            scope = (
+                keras.StatelessScope(
+                    state_mapping=[(v, v.value) for v in variables], collect_losses=True
+                )
+                if collect_state
+                else contextlib.nullcontext()
+            )
+            with scope:
+                y_pred = self(x, training=True)
+                loss = self._compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                )
             if collect_state:
-                mapping = [(v, v.value) for v in variables]
-                with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-                    y_pred = self(x, training=True)
-                    loss = self._compute_loss(
-                        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-                    )
                 # The dropout seeds and the per-output loss trackers of
                 # `compute_loss` move as usual; the model's state is returned.
                 self._assign_captured(scope, self._seed_states())
                 self._assign_captured(scope, self._training_metric_variables())
                 state_update = [scope.get_current_value(v) for v in self._model_state()]
-            else:
-                y_pred = self(x, training=True)
-                loss = self._compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-                )
             self._loss_tracker.update_state(
                 unscale_loss_for_distribution(loss),
                 sample_weight=tf.shape(_first_tensor(x))[0],

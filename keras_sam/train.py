@@ -32,7 +32,6 @@ import dataclasses
 import difflib
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ from keras_sam import _argtypes as argtypes
 from keras_sam._validation import InvalidArgumentError, check_int, check_real
 from keras_sam.cli import OneLineErrorParser
 from keras_sam.data.tfds_images import load_image_dataset
-from keras_sam.models.resnet import MODEL_NAMES, get_model
+from keras_sam.models.resnet import MODEL_NAMES, check_model_name, get_model
 
 __all__ = [
     "SAM_CHOICES",
@@ -160,7 +159,7 @@ class TrainConfig:
         # Keras's SGD takes momentum in [0, 1] (and a float only); 1 never decays.
         config.momentum = _below_one("momentum", self.momentum)
         config.dropout = _below_one("dropout", self.dropout)
-        if config.dropout and not _WRN_NAME.fullmatch(self.model):
+        if config.dropout and not self.model.startswith("wrn"):  # a checked name
             raise InvalidArgumentError(
                 f"`dropout` is only for Wide ResNets (wrn...); {self.model} has no dropout. "
                 f"Received: model={self.model!r}, dropout={self.dropout!r}."
@@ -193,36 +192,6 @@ def _below_one(name: str, value) -> float:
     if value == 1.0:
         raise InvalidArgumentError(f"`{name}` must be in [0, 1). Received: {name}={value!r}.")
     return value
-
-
-# The names `get_model` builds; `check_model_name` checks them without building.
-_RESNET_NAME = re.compile(r"resnet(\d+)")
-_WRN_NAME = re.compile(r"wrn(\d+)_(\d+)")
-
-
-def check_model_name(name: str) -> str:
-    """Returns `name` if `get_model` builds it, else raises InvalidArgumentError.
-
-    It checks before any data is loaded what `get_model` would only find out
-    after: a CIFAR ResNet has depth 6n + 2, a Wide ResNet 6n + 4 and width >= 1.
-
-    >>> check_model_name("wrn40_4")
-    'wrn40_4'
-    """
-    if isinstance(name, str):
-        if match := _RESNET_NAME.fullmatch(name):
-            depth = int(match[1])
-            if depth >= 8 and (depth - 2) % 6 == 0:
-                return name
-        elif match := _WRN_NAME.fullmatch(name):
-            depth, width = int(match[1]), int(match[2])
-            if depth >= 10 and (depth - 4) % 6 == 0 and width >= 1:
-                return name
-    raise InvalidArgumentError(
-        f"`model` must be one of {', '.join(MODEL_NAMES)}, or any resnet{{6n+2}} "
-        f"(resnet8, resnet14, resnet32, ...) or wrn{{6n+4}}_{{width}} (wrn10_1, wrn40_4, ...). "
-        f"Received: model={name!r}."
-    )
 
 
 def check_dataset(name: str, data_dir: str | None = None) -> str:

@@ -23,9 +23,16 @@ import keras
 from keras_sam._validation import InvalidArgumentError
 
 # The layer factories (and their weight decay) are shared with the Wide ResNets.
-from keras_sam.models.wrn import _batch_norm, _classifier, _conv, wide_resnet
+from keras_sam.models.wrn import (
+    _batch_norm,
+    _classifier,
+    _conv,
+    _is_wrn_depth,
+    _is_wrn_width,
+    wide_resnet,
+)
 
-__all__ = ["ZeroPadShortcut", "get_model", "resnet", "MODEL_NAMES"]
+__all__ = ["ZeroPadShortcut", "check_model_name", "get_model", "resnet", "MODEL_NAMES"]
 
 # The names `keras-sam train --model` lists; `get_model` accepts any
 # `resnet{6n+2}` and `wrn{6n+4}_{k}`.
@@ -80,6 +87,13 @@ def _basic_block(x, filters, strides, shortcut, weight_decay, name):
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
 
+def _is_resnet_depth(depth) -> bool:
+    """Whether `depth` is 6n + 2 for an integer n >= 1."""
+    return not isinstance(depth, bool) and isinstance(depth, int) and depth >= 8 and (
+        depth - 2
+    ) % 6 == 0
+
+
 def resnet(
     depth: int,
     num_classes: int,
@@ -115,7 +129,7 @@ def resnet(
     Reference:
         He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+    if not _is_resnet_depth(depth):
         raise InvalidArgumentError(
             "`depth` of a CIFAR ResNet must be 6n + 2 for an integer n >= 1 "
             f"(8, 14, 20, 32, 44, 56, 110, ...). Received: depth={depth!r}."
@@ -198,4 +212,28 @@ def get_model(
     raise InvalidArgumentError(
         f"Unknown model name {name!r}. Accepted: {', '.join(MODEL_NAMES)}, or any "
         "'resnet{6n+2}' (e.g. resnet32) or 'wrn{6n+4}_{width}' (e.g. wrn40_4)."
+    )
+
+
+def check_model_name(name: str) -> str:
+    """Returns `name` if `get_model` builds it, else raises InvalidArgumentError.
+
+    It checks without building (so before any data is loaded) what
+    `get_model` finds out when it builds: a CIFAR ResNet has depth 6n + 2, a
+    Wide ResNet 6n + 4 and width >= 1.
+
+    >>> check_model_name("wrn40_4")
+    'wrn40_4'
+    """
+    if isinstance(name, str):
+        if match := _RESNET_NAME.fullmatch(name):
+            if _is_resnet_depth(int(match[1])):
+                return name
+        elif match := _WRN_NAME.fullmatch(name):
+            if _is_wrn_depth(int(match[1])) and _is_wrn_width(int(match[2])):
+                return name
+    raise InvalidArgumentError(
+        f"`model` must be one of {', '.join(MODEL_NAMES)}, or any resnet{{6n+2}} "
+        f"(resnet8, resnet14, resnet32, ...) or wrn{{6n+4}}_{{width}} (wrn10_1, wrn40_4, ...). "
+        f"Received: model={name!r}."
     )

@@ -77,6 +77,18 @@ def _wide_block(x, filters, strides, dropout, weight_decay, name):
     return keras.layers.Add(name=f"{name}_add")([x, residual])
 
 
+def _is_wrn_depth(depth) -> bool:
+    """Whether `depth` is 6n + 4 for an integer n >= 1."""
+    return not isinstance(depth, bool) and isinstance(depth, int) and depth >= 10 and (
+        depth - 4
+    ) % 6 == 0
+
+
+def _is_wrn_width(width) -> bool:
+    """Whether `width` is an integer >= 1."""
+    return not isinstance(width, bool) and isinstance(width, int) and width >= 1
+
+
 def wide_resnet(
     depth: int,
     width: int,
@@ -110,12 +122,12 @@ def wide_resnet(
     Reference:
         Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+    if not _is_wrn_depth(depth):
         raise InvalidArgumentError(
             "`depth` of a Wide ResNet must be 6n + 4 for an integer n >= 1 "
             f"(10, 16, 22, 28, 40, ...). Received: depth={depth!r}."
         )
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    if not _is_wrn_width(width):
         raise InvalidArgumentError(f"`width` must be an integer >= 1. Received: width={width!r}.")
     dropout = check_real("dropout", dropout, minimum=0.0)
     if dropout >= 1:

@@ -6,7 +6,8 @@ import keras
 import tensorflow as tf
 
 from keras_sam import _validation as check
-from keras_sam.gradient_math import as_dense, global_norm, orthogonal_part
+from keras_sam import distribution
+from keras_sam.gradient_math import all_finite, as_dense, global_norm, orthogonal_part
 from keras_sam.sam_model import SAMModel
 
 __all__ = ["LookSAMModel"]
@@ -27,7 +28,10 @@ class LookSAMModel(SAMModel):
     live weights; nothing is reset to an older copy. `k=1` is SAM exactly.
 
     The step counter and g_v are variables of the model: they are saved with
-    it and restored by `load_model`, checkpoints and `BackupAndRestore`. g_v
+    it and restored by `load_model`, checkpoints and `BackupAndRestore`. The
+    counter counts the steps the optimizer took: a step a
+    `LossScaleOptimizer` or `skip_nonfinite` skips does not advance it, so a
+    skipped full step is taken again at the next step. g_v
     is kept per weight for every weight that can be trained, frozen or not,
     so freezing or unfreezing layers between fits (fine-tuning) keeps each
     weight's own direction. A g_v at float32 rounding level (‖g_v‖ below
@@ -154,11 +158,22 @@ class LookSAMModel(SAMModel):
         chosen = tf.cond(
             tf.equal(self._look_step % self.k, 0), self._xla(full_step), self._xla(reuse_step)
         )
-        self._look_step.assign_add(1)
         result = [None] * len(variables)
         for i, g in zip(present, chosen):
             result[i] = g
         return result, loss
+
+    def _apply(self, gradients, variables, losses):
+        # The counter counts the steps the optimizer took, as its `iterations`
+        # does: a full step a `LossScaleOptimizer` skips (an overflow) comes
+        # again at the next step instead of leaving k − 1 steps without a
+        # fresh g_v. (`skip_nonfinite` restores the counter with the rest of
+        # the model's state.)
+        applied = super()._apply(gradients, variables, losses)
+        if self._loss_scaled and not self.skip_nonfinite and distribution.num_replicas() == 1:
+            applied = all_finite(gradients)  # what the LossScaleOptimizer checks
+        self._look_step.assign_add(tf.cast(applied, "int64"))
+        return applied
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         # `tf.train.Checkpoint` does not follow a list of variables.

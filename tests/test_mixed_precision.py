@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from distributed_scripts.launcher import ScriptRun
 
-from keras_sam import SAMModel
+from keras_sam import LookSAMModel, SAMModel
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -296,3 +296,44 @@ def test_skip_nonfinite_under_mirrored_skips_on_every_replica(mirrored):
     assert any(name.endswith("iteration") for name in state)
     assert_unchanged_on_every_replica(run, state)
     assert run["logs"]["skipped_steps"] == [1.0]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_looksam_takes_a_skipped_full_step_again(jit_compile):
+    """A LookSAM step the loss scaler skips does not advance LookSAM's counter.
+
+    The first steps overflow at a huge initial scale and are skipped while it
+    halves; the run then equals, bit for bit, the run on the remaining batches
+    started at the scale it ended on (powers of two: unscaling is exact), its
+    first step a full step, not a reuse of a g_v never computed.
+    """
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(48, 5)).astype("float32")
+    y = (10.0 * rng.normal(size=(48, 3))).astype("float32")  # a loss near 100
+
+    class Iterations(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.seen = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen.append(int(self.model.optimizer.iterations.numpy()))
+
+    def run(x, y, initial_scale):
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.01), initial_scale=initial_scale
+        )
+        model = LookSAMModel(mlp(), rho=0.1, k=3, alpha=0.7)
+        model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
+        iterations = Iterations()
+        model.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[iterations])
+        return model, iterations.seen
+
+    model, seen = run(x, y, 2.0**127)
+    skipped = seen.count(0)
+    assert skipped >= 2 and seen == [0] * skipped + list(range(1, 7 - skipped)), seen
+    assert int(model._look_step.numpy()) == 6 - skipped
+    reference, _ = run(x[8 * skipped :], y[8 * skipped :], 2.0 ** (127 - skipped))
+    assert float(model.optimizer.dynamic_scale) == float(reference.optimizer.dynamic_scale)
+    assert int(reference._look_step.numpy()) == 6 - skipped
+    for a, b in zip(values(model.variables), values(reference.variables)):
+        np.testing.assert_array_equal(a, b)

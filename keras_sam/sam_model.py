@@ -213,6 +213,19 @@ class SAMModel(keras.Model):
     def call(self, inputs, training=None):
         return self.base_model(inputs, training=training)
 
+    def save(self, filepath, *args, **kwargs):
+        """As Keras's; the legacy HDF5 format (`.h5`) is refused up front."""
+        if str(filepath).endswith((".h5", ".hdf5")):
+            raise ValueError(
+                f"{type(self).__name__} cannot be saved in Keras's legacy HDF5 format: "
+                "it leaves out the wrapper's state (the dropout seeds, LookSAM's stored "
+                "direction) and Keras cannot load such a file back. Received: "
+                f"filepath={str(filepath)!r}. Save a `.keras` file "
+                "(`model.save('model.keras')`), or the weights alone with "
+                "`model.save_weights('model.weights.h5')`."
+            )
+        return super().save(filepath, *args, **kwargs)
+
     def save_weights(self, filepath, *args, **kwargs):
         self._build_with_base()
         return super().save_weights(filepath, *args, **kwargs)

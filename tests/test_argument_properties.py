@@ -7,7 +7,8 @@ Issue #5, bad input.
   types (ints of any size, floats with nan, ±inf, subnormals and negatives,
   strings, None, bools, lists, NumPy scalars, tensors). Construction either
   succeeds, for exactly the values the docstrings accept, and reads the value
-  back, or raises a `ValueError`/`TypeError` whose message names the argument
+  back, or raises `keras_sam.InvalidArgumentError` (a `ValueError` and a
+  `TypeError`; any other exception fails the test) whose message names the argument
   and shows the value. "Accepts" includes "fits in float32": the step computes
   in float32, where a value beyond ~3.4e38 is inf.
 - Edge values that are accepted train: a deterministic list (rho=0, p just
@@ -162,7 +163,7 @@ def base() -> keras.Model:
 def test_any_value_gives_a_model_or_an_error_naming_the_argument(base, cls, argument, value):
     try:
         model = cls(base, **{argument: value})
-    except (ValueError, TypeError) as error:
+    except keras_sam.InvalidArgumentError as error:  # both a ValueError and a TypeError
         message = str(error)
         assert f"`{argument}`" in message, message
         assert f"Received: {argument}=" in message, message
@@ -232,7 +233,7 @@ def test_an_accepted_edge_value_trains_one_finite_step(cls, arguments, zero_grad
     base = _linear(zero_gradient)
     try:
         model = cls(base, **arguments)
-    except (ValueError, TypeError) as error:
+    except keras_sam.InvalidArgumentError as error:
         assert any(f"`{name}`" in str(error) for name in arguments), str(error)
         return
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=False)

@@ -219,3 +219,22 @@ def test_a_python_lambda_is_refused_in_safe_mode_exactly_as_for_the_plain_base(t
     # The lambda came back as code: the output is twice the Dense output.
     dense = loaded.base_model.layers[0]
     np.testing.assert_allclose(loaded.predict(x, verbose=0), 2.0 * dense(x).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_legacy_hdf5_format_is_refused_up_front_with_the_way_out(tmp_path, variant):
+    """Keras's legacy `.h5` writer drops the seed states and LookSAM's g_v,
+    and its loader cannot rebuild the wrapper: a clear error, nothing
+    written, from `save` and from a `ModelCheckpoint` alike."""
+    model = _model(variant)
+    _fit(model, 1)
+    for suffix in (".h5", ".hdf5"):
+        with pytest.raises(ValueError, match=rf"legacy HDF5 .*filepath='.*model{suffix}'.*\.keras"):
+            model.save(tmp_path / f"model{suffix}")
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "epoch{epoch}.h5"))
+    with pytest.raises(ValueError, match="legacy HDF5 .*filepath='.*epoch1.h5'"):
+        _fit(model, 1, [checkpoint])
+    assert list(tmp_path.iterdir()) == []
+    # The ways out the message names both work.
+    model.save(tmp_path / "model.keras")
+    model.save_weights(tmp_path / "model.weights.h5")

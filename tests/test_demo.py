@@ -15,6 +15,7 @@ tests/test_demo_claim.py (slow). Here:
 """
 
 import json
+import logging
 import random
 import socket
 
@@ -22,6 +23,7 @@ import keras
 import matplotlib.image
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_sam.cli import main
 from keras_sam.data.mnist1d import load_mnist1d, load_noisy_mnist1d, symmetric_label_noise
@@ -195,9 +197,25 @@ def test_one_epoch_per_call_trains_to_the_same_weights_as_one_step_per_call(
 
 
 # -------------------------------------------------------------- the quick run
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 def test_quick_demo_writes_table_and_figure(tmp_path, capsys):
     table, out = tmp_path / "table.json", tmp_path / "figures"
-    assert main(["demo", "--quick", "-q", "--json", str(table), "--out", str(out)]) == 0
+    records = _Records()
+    tf.get_logger().addHandler(records)
+    try:
+        assert main(["demo", "--quick", "-q", "--json", str(table), "--out", str(out)]) == 0
+    finally:
+        tf.get_logger().removeHandler(records)
+    # Each model's functions are traced once: no retracing warning on screen.
+    assert not [m for m in records.messages if "retracing" in m], records.messages
     rows = json.loads(table.read_text())
     assert [row["method"] for row in rows] == ["base", "sam"]
     quick_epochs = 3

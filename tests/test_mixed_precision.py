@@ -169,6 +169,17 @@ def test_an_overflow_in_the_first_pass_alone_still_skips_the_step():
         assert float(model.optimizer.dynamic_scale.numpy()) == 2.0**14, seed
         for value, previous in zip(values(model.trainable_variables), before):
             assert np.array_equal(value, previous), seed
+        # The same masks (same seed) with `skip_nonfinite=True`: skipped too.
+        keras.utils.set_random_seed(seed)
+        skipping = SAMModel(_dropout_probe(), rho=0.05, skip_nonfinite=True)
+        skipping.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        before = values(skipping.trainable_variables)
+        history = skipping.fit(x, y, batch_size=1, epochs=1, verbose=0).history
+        assert history["skipped_steps"] == [1], seed
+        assert int(skipping.optimizer.iterations.numpy()) == 0, seed
+        assert float(skipping.optimizer.dynamic_scale.numpy()) == 2.0**14, seed
+        for value, previous in zip(values(skipping.trainable_variables), before):
+            assert np.array_equal(value, previous), seed
     assert first_pass_only > 0  # the case this test is about did occur
 
 

@@ -132,12 +132,16 @@ def test_exported_at_package_level():
 
 
 # ----------------------------------------------------------- degenerate input
+@pytest.mark.parametrize("eps", [1e-12, 1e-45, 1e-300], ids=["default", "subnormal", "0_in_f32"])
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
 @pytest.mark.parametrize("p", [2, 3, 1.5, INF])
-def test_zero_gradient_gives_zero_and_no_nan(p, adaptive):
+def test_zero_gradient_gives_zero_and_no_nan(p, adaptive, eps):
+    """Also when eps is subnormal or rounds to 0 in float32 (0/0 must not happen)."""
     _, weights = _problem()
     gradients = [np.zeros(s, "float32") for s in SHAPES]
-    result = perturbation(_tensors(gradients), _tensors(weights), RHO, p=p, adaptive=adaptive)
+    result = perturbation(
+        _tensors(gradients), _tensors(weights), RHO, p=p, adaptive=adaptive, eps=eps
+    )
     for e in result:
         np.testing.assert_array_equal(e.numpy(), 0.0)
 

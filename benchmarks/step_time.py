@@ -338,7 +338,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from benchmarks.environment import configure_device, machine_description
 
-    tf_device = configure_device(args.device, threads=args.threads)
+    try:
+        tf_device = configure_device(args.device, threads=args.threads)
+    except ValueError as error:  # e.g. `--device gpu` on a machine without one
+        print(f"step_time.py: error: {error}", file=sys.stderr)
+        return 2
     notes, modes = [], {}
     for name in args.modes:
         reason = unavailable_reason(MODES[name])

@@ -118,3 +118,21 @@ def test_diagnostic_model_is_the_small_cnn_without_batch_norm():
     kept = [tuple(w.shape) for w in with_bn.weights if all(w is not b for b in batch_norm)]
     assert weight_shapes(without_bn) == kept
     assert "small_cnn_no_bn" not in DEFAULT_MODEL_NAMES
+
+
+def test_device_gpu_without_a_gpu_is_one_line_and_status_2(monkeypatch, capsys):
+    import tensorflow as tf
+
+    from benchmarks import step_time
+
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(
+        tf.config,
+        "list_physical_devices",
+        lambda kind=None: [] if kind == "GPU" else real(kind),
+    )
+    assert step_time.main(["--device", "gpu", "--models", "small_cnn", "--modes", "plain"]) == 2
+    error = capsys.readouterr().err
+    assert error.strip() == (
+        "step_time.py: error: `--device gpu` was asked for, but TensorFlow sees no GPU."
+    )

@@ -10,6 +10,23 @@ from keras_sam.sam_model import SAMModel
 
 __version__ = "0.1.0"
 
+# Imported on first use: they bring in tensorflow_datasets and matplotlib.
+_LAZY_SUBMODULES = ("data", "demo", "train")
+
+
+def __getattr__(name: str):
+    """`keras_sam.train`, `keras_sam.demo` and `keras_sam.data` without an import of their own.
+
+    >>> import keras_sam
+    >>> callable(keras_sam.train.select_strategy)
+    True
+    """
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"keras_sam.{name}")
+    raise AttributeError(f"module 'keras_sam' has no attribute {name!r}")
+
 __all__ = [
     "GSAMModel",
     "InvalidArgumentError",

@@ -166,3 +166,21 @@ def test_quick_defaults_give_way_to_explicit_arguments():
     assert settings_from_args(parser.parse_args(["demo", "--adaptive", "--rho", "0.5"])).rho == 0.5
     args = parser.parse_args(["demo", "--seeds", "0", "1", "2", "-q"])
     assert args.seeds == [0, 1, 2] and args.verbose == 0
+
+
+def test_the_pipelines_are_attributes_of_the_package():
+    """`keras_sam.train.select_strategy(...)`, as README and the TPU notebook
+    write it, works after a bare `import keras_sam`; a typo is still an
+    AttributeError."""
+    import doctest
+    import importlib
+
+    import keras_sam
+
+    for name in ("train", "demo", "data"):
+        assert getattr(keras_sam, name) is importlib.import_module(f"keras_sam.{name}")
+    assert callable(keras_sam.train.select_strategy)
+    with pytest.raises(AttributeError, match="'keras_sam' has no attribute 'trian'"):
+        keras_sam.trian  # noqa: B018
+    failures, tried = doctest.testmod(keras_sam)
+    assert tried > 0 and failures == 0

@@ -6,8 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_sam import _validation as check
-from keras_sam import distribution
-from keras_sam.gradient_math import all_finite, as_dense, global_norm, orthogonal_part
+from keras_sam.gradient_math import as_dense, global_norm, orthogonal_part
 from keras_sam.sam_model import SAMModel
 
 __all__ = ["LookSAMModel"]
@@ -167,11 +166,8 @@ class LookSAMModel(SAMModel):
         # The counter counts the steps the optimizer took, as its `iterations`
         # does: a full step a `LossScaleOptimizer` skips (an overflow) comes
         # again at the next step instead of leaving k − 1 steps without a
-        # fresh g_v. (`skip_nonfinite` restores the counter with the rest of
-        # the model's state.)
+        # fresh g_v.
         applied = super()._apply(gradients, variables, losses)
-        if self._loss_scaled and not self.skip_nonfinite and distribution.num_replicas() == 1:
-            applied = all_finite(gradients)  # what the LossScaleOptimizer checks
         self._look_step.assign_add(tf.cast(applied, "int64"))
         return applied
 

@@ -318,7 +318,7 @@ class SAMModel(keras.Model):
             return self._pieces_gradients(x, y, sample_weight, variables)
 
     def _pieces_gradients(self, x, y, sample_weight, variables):
-        pieces = list(self._batch_pieces(x, y, sample_weight))
+        pieces = self._batch_pieces(x, y, sample_weight)
         # With several pieces, each clean pass hands back its update of the
         # model's state (BatchNorm statistics) instead of assigning it, into
         # this trace-time list; the step then assigns their size-weighted mean
@@ -376,11 +376,10 @@ class SAMModel(keras.Model):
             variable.assign(mean)
 
     def _batch_pieces(self, x, y, sample_weight):
-        """Yields ((x, y, sample_weight), weight) for each m-sharpness piece."""
+        """[((x, y, sample_weight), weight)] for each m-sharpness piece (weight None for one)."""
         k = self.num_batch_splits
         if k == 1:
-            yield (x, y, sample_weight), None
-            return
+            return [((x, y, sample_weight), None)]
         rows = _first_tensor(x).shape[0]
         if rows is not None and rows < k:
             raise ValueError(
@@ -401,7 +400,7 @@ class SAMModel(keras.Model):
                 piece = tuple(_slice_rows(t, start, stop) for t in (x, y, sample_weight))
                 pieces.append((piece, tf.cast(size, tf.float32) / tf.cast(rows, tf.float32)))
                 start = stop
-        yield from pieces
+        return pieces
 
     def _same_rows_checks(self, x, y, sample_weight):
         """Checks that x, y and sample_weight have as many rows each.
@@ -614,12 +613,18 @@ class SAMModel(keras.Model):
         return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
 
     def _apply(self, gradients, variables, losses):
-        """Applies the step; returns whether it was finite on every replica."""
+        """Applies the step; returns whether the optimizer took it (a bool).
+
+        It did unless the step was skipped: by `skip_nonfinite`, or by a
+        `LossScaleOptimizer` (non-finite gradients). Unused, the check is
+        pruned from the step's graph.
+        """
         loss_scaled = self._loss_scaled
         distributed = distribution.num_replicas() > 1
         if not (self.skip_nonfinite or (loss_scaled and distributed)):
             self.optimizer.apply(gradients, variables)
-            return tf.constant(True)
+            # What a LossScaleOptimizer checks before it applies a step.
+            return all_finite(gradients) if loss_scaled else tf.constant(True)
         finite = distribution.all_replicas_finite(gradients + losses)
         if loss_scaled:
             # The LossScaleOptimizer skips and lowers its scale by itself, but

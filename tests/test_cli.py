@@ -169,9 +169,8 @@ def test_quick_defaults_give_way_to_explicit_arguments():
 
 
 def test_the_pipelines_are_attributes_of_the_package():
-    """`keras_sam.train.select_strategy(...)`, as README and the TPU notebook
-    write it, works after a bare `import keras_sam`; a typo is still an
-    AttributeError."""
+    """`keras_sam.train.select_strategy(...)` works after a bare
+    `import keras_sam`; a typo is still an AttributeError."""
     import doctest
     import importlib
 

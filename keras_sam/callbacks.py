@@ -24,10 +24,9 @@ class SharpnessMonitor(keras.callbacks.Callback):
     Both are written into the epoch's `logs`, so `History`, `CSVLogger`,
     `TensorBoard` and `EarlyStopping` see them; an epoch that is not measured
     has no such keys (as Keras's `validation_freq` does for `val_*`).
-    Keras runs callbacks in list order, so a logger listed first would write
-    its row before the keys exist: wherever the monitor is listed, `fit` runs
-    it before the first `CSVLogger`, `TensorBoard`, `ProgbarLogger` or
-    `History` of the list.
+    Keras runs callbacks in list order, so a logger or `EarlyStopping` listed
+    first would see the epoch's logs before the keys exist: wherever the
+    monitor is listed, `fit` runs it first, before every other callback.
 
     Log keys: `"hessian_max_eigenvalue"`, and `"sharpness"` unless the logs
     already hold a `"sharpness"` — `SAMModel` logs its own, the mean over the
@@ -103,7 +102,7 @@ class SharpnessMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._key = self.sharpness_key
-        _run_before_loggers(self)
+        _run_first(self)
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch % self.every or logs is None:
@@ -120,16 +119,8 @@ class SharpnessMonitor(keras.callbacks.Callback):
             )[0]
 
 
-_LOGGERS = (
-    keras.callbacks.CSVLogger,
-    keras.callbacks.TensorBoard,
-    keras.callbacks.ProgbarLogger,
-    keras.callbacks.History,
-)
-
-
-def _run_before_loggers(callback: keras.callbacks.Callback) -> None:
-    """Moves `callback` ahead of the loggers in the `CallbackList` calling it.
+def _run_first(callback: keras.callbacks.Callback) -> None:
+    """Moves `callback` to the front of the `CallbackList` calling it.
 
     The list is found among the calling frames (`CallbackList.on_train_begin`
     is the caller during `fit`); a callback called some other way is left
@@ -146,11 +137,6 @@ def _run_before_loggers(callback: keras.callbacks.Callback) -> None:
             break
     else:
         return
-    order = list(owner.callbacks)
-    position = next((i for i, c in enumerate(order) if c is callback), None)
-    first_logger = next((i for i, c in enumerate(order) if isinstance(c, _LOGGERS)), None)
-    if position is None or first_logger is None or first_logger > position:
-        return
-    order.pop(position)
-    order.insert(first_logger, callback)
-    owner.callbacks = order
+    others = [c for c in owner.callbacks if c is not callback]
+    if len(others) < len(owner.callbacks):
+        owner.callbacks = [callback, *others]

@@ -457,8 +457,8 @@ def test_monitor_logs_what_a_direct_call_measures_on_a_plain_model():
 
 
 def test_loggers_listed_before_the_monitor_still_record_its_keys(tmp_path):
-    """Keras calls callbacks in list order; the monitor moves itself ahead of
-    CSVLogger and TensorBoard so that their first row already has its keys."""
+    """Keras calls callbacks in list order; the monitor moves itself to the
+    front, so that CSVLogger's and TensorBoard's first row already has its keys."""
     model, dataset = _conv_model(trained=False)
     monitor = SharpnessMonitor(dataset, hessian_iterations=2, batches=1)
     csv_path = tmp_path / "log.csv"
@@ -485,6 +485,19 @@ def test_loggers_listed_before_the_monitor_still_record_its_keys(tmp_path):
             tags.update(value.tag for value in event.summary.value)
     assert {"epoch_sharpness", "epoch_hessian_max_eigenvalue"} <= tags
     assert stopping.best == min(history["hessian_max_eigenvalue"])
+
+
+def test_early_stopping_listed_before_the_monitor_acts_on_its_key():
+    """No logger in the list: the monitor still runs before `EarlyStopping`."""
+    model, dataset = _conv_model(trained=False)
+    monitor = SharpnessMonitor(dataset, hessian_iterations=2, batches=1)
+    # Never reaches the baseline: stops at the second epoch if it sees the key.
+    stopping = keras.callbacks.EarlyStopping(
+        monitor="hessian_max_eigenvalue", mode="max", baseline=1e9, patience=0
+    )
+    history = model.fit(dataset, epochs=4, callbacks=[stopping, monitor], verbose=0).history
+    assert len(history["hessian_max_eigenvalue"]) == 2
+    assert stopping.stopped_epoch == 1
 
 
 def test_monitor_on_sam_model_keeps_sam_sharpness_and_logs_its_own():

@@ -1,6 +1,7 @@
 """keras-sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow."""
 
-from keras_sam import callbacks, diagnostics, models
+# `_command_line` first: it may set TensorFlow's log level before TensorFlow loads.
+from keras_sam import _command_line, callbacks, diagnostics, models  # noqa: F401
 from keras_sam._validation import InvalidArgumentError
 from keras_sam.callbacks import SharpnessMonitor
 from keras_sam.gsam import GSAMModel

@@ -49,11 +49,16 @@ def parse_args(argv=None):
     parser.add_argument("--rho", type=float, default=0.1, help="(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noisy labels")
     parser.add_argument("--mixed-precision", action="store_true")
-    parser.add_argument("--out", default="runs/label_noise_cifar10", help="(default: %(default)s)")
+    parser.add_argument(
+        "--out", help="(default: runs/label_noise_cifar10; with --smoke, the same ending in -smoke)"
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="tiny offline run on TFDS mock data (for tests)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:  # a smoke run never lands in a real run's backup
+        args.out = "runs/label_noise_cifar10" + ("-smoke" if args.smoke else "")
+    return args
 
 
 def main(argv=None) -> dict:

@@ -346,6 +346,37 @@ def build_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.O
     return keras.optimizers.RMSprop(schedule, momentum=config.momentum)
 
 
+# ---------------------------------------------------------------- resuming
+_SETTINGS_FILE = "settings.json"
+# Settings a rerun may change and still resume the backup: a larger `epochs`
+# continues a finished run; the others do not change what is trained.
+_FREE_ON_RESUME = ("epochs", "verbose", "export", "data_dir", "out", "strategy", "jit", "cache")
+
+
+def _check_resumable(config: TrainConfig, backup_dir: Path) -> None:
+    """Raises InvalidArgumentError if `backup_dir` holds another run's backup.
+
+    `BackupAndRestore` would otherwise fail deep inside Keras (another model's
+    weights do not fit) or, worse, resume a different run silently.
+    """
+    path = backup_dir / _SETTINGS_FILE
+    if not path.exists():  # a fresh --out (or a backup written before this check)
+        return
+    before = json.loads(path.read_text())
+    now = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = [
+        f"{name}={before.get(name)!r} there, {now[name]!r} now"
+        for name in now
+        if name not in _FREE_ON_RESUME and before.get(name) != now[name]
+    ]
+    if changed:
+        raise InvalidArgumentError(
+            f"`out` ({config.out}) holds the backup of a different run ({'; '.join(changed)}). "
+            "Rerun with that run's settings to resume it (only --epochs and the output "
+            "options may change), or use another --out."
+        )
+
+
 # -------------------------------------------------------------- training
 def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
     """Trains as `keras-sam train` does; returns the contents of `results.json`.
@@ -373,6 +404,7 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
         )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_resumable(config, out / "backup")
 
     data = load_image_dataset(
         config.dataset,
@@ -411,6 +443,8 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
                 model.build((None, *data.image_shape))
         backup_dir = out / "backup"
         resuming = (backup_dir / "training_metadata.json").exists()
+        backup_dir.mkdir(exist_ok=True)
+        (backup_dir / _SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
         all_callbacks = [
             # First, so that the state is restored before anything else starts.
             keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),

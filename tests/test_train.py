@@ -9,6 +9,7 @@ bounds), and on the choice of strategy, precision and SAM wrapper.
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -136,7 +137,7 @@ def test_train_each_dataset_and_model(
         assert keras.mixed_precision.global_policy().name == "float32", "policy restored"
 
 
-def test_rerun_with_same_out_resumes(tmp_path):
+def test_rerun_with_same_out_resumes(tmp_path, capsys):
     """Epoch 1 only, then `--epochs 2`: the second run continues, not restarts."""
     config = TrainConfig(
         model="resnet8", sam="asam", out=str(tmp_path), export=False, test_split=None,
@@ -161,6 +162,16 @@ def test_rerun_with_same_out_resumes(tmp_path):
     assert len(recorder.start) == len(after_first)
     for start, previous_end in zip(recorder.start, after_first):
         np.testing.assert_array_equal(start, previous_end)
+
+    # Another model (or method) in the same --out: a one-line error before
+    # any data is read, not Keras's failure to load the backup into it.
+    changed = dataclasses.replace(config, model="resnet14", sam="sam")
+    with pytest.raises(InvalidArgumentError, match="model='resnet8' there, 'resnet14' now"):
+        train(changed)
+    status = main(["--model", "resnet8", "--sam", "gsam", "--out", str(tmp_path)])
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 2 and len(lines) == 1
+    assert lines[0].startswith("keras-sam train: error: `out`") and "sam='asam' there" in lines[0]
 
 
 def test_cli_main_trains_and_writes(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_sam import _validation as check
+from keras_sam import distribution
 from keras_sam.gradient_math import as_dense, orthogonal_part
 from keras_sam.sam_model import SAMModel
 
@@ -20,6 +21,9 @@ class GSAMModel(SAMModel):
     Moving against g_⊥ lowers the clean loss without changing the perturbed one
     to first order, so the gap (a sharpness measure) closes. It costs nothing
     over SAM: both gradients are already computed. `alpha=0` is SAM exactly.
+    Under a `tf.distribute` strategy each replica decomposes its own
+    gradients; with `sync_perturbation=True` the decomposition is the global
+    batch's (one more all-reduce, of g_sam), as on one device.
 
     Use it where SAM helps but converges to a higher training loss; the paper
     reports gains over SAM on ImageNet ViTs and ResNets with alpha 0.1-0.4.
@@ -55,9 +59,18 @@ class GSAMModel(SAMModel):
     def _descent_direction(self, clean_gradients, sam_gradients):
         if self.alpha == 0.0:
             return sam_gradients
-        clean_orthogonal = orthogonal_part(clean_gradients, sam_gradients)
+        share = 1.0
+        clean, sam = clean_gradients, sam_gradients
+        if self.sync_perturbation and distribution.num_replicas() > 1:
+            # The decomposition of the global batch's gradients (the sums of
+            # the replicas'), as on one device; each replica removes its
+            # share of α·g_⊥, so the replicas' directions sum to the global one.
+            dense = [[None if g is None else as_dense(g) for g in c] for c in (clean, sam)]
+            clean, sam = (distribution.all_reduce_sum(c) for c in dense)
+            share = 1.0 / distribution.num_replicas()
+        clean_orthogonal = orthogonal_part(clean, sam)
         return [
-            s if s is None or o is None else as_dense(s) - self.alpha * o
+            s if s is None or o is None else as_dense(s) - (self.alpha * share) * o
             for s, o in zip(sam_gradients, clean_orthogonal)
         ]
 

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_sam import _validation as check
+from keras_sam import distribution
 from keras_sam.gradient_math import as_dense, global_norm, orthogonal_part
 from keras_sam.sam_model import SAMModel
 
@@ -35,7 +36,10 @@ class LookSAMModel(SAMModel):
     so freezing or unfreezing layers between fits (fine-tuning) keeps each
     weight's own direction. A g_v at float32 rounding level (‖g_v‖ below
     1e-5·‖g_sam‖, as with `rho=0`) counts as zero: normalized to α‖g‖ it
-    would be a random kick.
+    would be a random kick. Under a `tf.distribute` strategy each replica
+    keeps the g_v of its own gradients; with `sync_perturbation=True` every
+    replica keeps the global batch's, and the run equals one device's on the
+    global batch (one more all-reduce per step, of g_sam).
 
     Use it when SAM's 2x cost is too much: with k=5 a step costs about 1.2x a
     plain step.
@@ -129,6 +133,10 @@ class LookSAMModel(SAMModel):
             x, y, sample_weight, variables
         )
         present = [i for i, g in enumerate(gradients) if g is not None]
+        if self.sync_perturbation and distribution.num_replicas() > 1:
+            return self._synced_look_step(
+                x, y, sample_weight, variables, stored, loss, gradients, ascent_gradients
+            ), loss
 
         def full_step():
             sam_gradients = self._perturbed_gradients(
@@ -161,6 +169,54 @@ class LookSAMModel(SAMModel):
         for i, g in zip(present, chosen):
             result[i] = g
         return result, loss
+
+    def _synced_look_step(
+        self, x, y, sample_weight, variables, stored, loss, gradients, ascent_gradients
+    ):
+        """LookSAM on the global batch under a strategy with a synced ε̂.
+
+        g_v is taken from the global clean and SAM gradients (the sums of the
+        replicas'), so every replica stores the same one, and a reuse step
+        scales it by the global ‖g‖: the replicas' directions sum to the
+        direction one device would take on the global batch. The all-reduces
+        run outside the `tf.cond`, where MirroredStrategy cannot run them; on a
+        reuse step the SAM gradient reduced is zero.
+        """
+        present = [i for i, g in enumerate(gradients) if g is not None]
+        full = tf.equal(self._look_step % self.k, 0)
+
+        def perturbed():
+            sam_gradients = self._perturbed_gradients(
+                x, y, sample_weight, variables, loss, ascent_gradients
+            )
+            return [as_dense(sam_gradients[i]) for i in present]
+
+        def skipped():
+            return [tf.zeros_like(as_dense(gradients[i])) for i in present]
+
+        local_sam = tf.cond(full, perturbed, skipped)
+        global_sam = distribution.all_reduce_sum(local_sam)
+        # The ascent's gradient is the global clean gradient, unscaled: its
+        # direction is all g_v needs; its norm, scaled back, is ‖g‖.
+        global_clean = [as_dense(ascent_gradients[i]) for i in present]
+        direction = orthogonal_part(global_sam, global_clean)
+        norm = global_norm(direction)
+        keep = tf.logical_and(full, tf.math.is_finite(norm))
+        rounding = tf.logical_not(norm > _ROUNDING * global_norm(global_sam))
+        for i, d in zip(present, direction):
+            new = tf.where(rounding, tf.zeros_like(d), d)
+            stored[i].assign(tf.where(keep, new, stored[i].value))
+        reused = [stored[i].value for i in present]
+        clean_norm = global_norm(global_clean)
+        if self._loss_scale() is not None:
+            clean_norm = clean_norm * tf.cast(self._loss_scale(), clean_norm.dtype)
+        scale = self.alpha * tf.math.divide_no_nan(clean_norm, global_norm(reused))
+        scale = scale / distribution.num_replicas()
+        result = [None] * len(variables)
+        for i, s, d in zip(present, local_sam, reused):
+            g = as_dense(gradients[i])
+            result[i] = tf.where(full, s, g + tf.cast(scale, g.dtype) * d)
+        return result
 
     def _apply(self, gradients, variables, losses):
         # The counter counts the steps the optimizer took, as its `iterations`

@@ -592,14 +592,18 @@ class SAMModel(keras.Model):
         return sam_gradients
 
     # ------------------------------------------------------------ helpers
+    def _loss_scale(self):
+        """The factor `scale_loss` multiplies the loss by, or None."""
+        if self._loss_scaled:
+            return self.optimizer.dynamic_scale
+        return self.optimizer.loss_scale_factor
+
     def _unscaled(self, gradients):
         """Gradients of the unscaled loss (`scale_loss` multiplied it)."""
-        if self._loss_scaled:
-            inverse = 1.0 / self.optimizer.dynamic_scale
-        elif self.optimizer.loss_scale_factor is not None:
-            inverse = 1.0 / self.optimizer.loss_scale_factor
-        else:
+        scale = self._loss_scale()
+        if scale is None:
             return gradients
+        inverse = 1.0 / scale
         return [None if g is None else g * tf.cast(inverse, g.dtype) for g in gradients]
 
     def _track_sharpness(self, difference, x):

@@ -14,9 +14,10 @@ epochs of two steps, SGD with momentum). The runs:
 - `sync_batchnorm` (mirrored, `sync_perturbation=True`) and
   `sync_batchnorm_global` (one device): an MLP with synchronized BatchNorm;
 - with 2 replicas also `dropout`, `default_jit` and `sync_batchnorm_jit`
-  (`jit_compile=True`), `gsam`, `looksam`, `looksam_sync`, and `accumulation`
-  (`gradient_accumulation_steps=2`, which is expected to fail: its error and
-  whether the weights moved).
+  (`jit_compile=True`), `gsam`, `looksam`, `gsam_sync` and `looksam_sync`
+  (`sync_perturbation=True`) with their one-device runs `gsam_global` and
+  `looksam_global`, and `accumulation` (`gradient_accumulation_steps=2`,
+  which is expected to fail: its error and whether the weights moved).
 
 For each run the JSON holds the base model's variable names, their initial
 values, every replica's final value, whether the replicas agreed bit for bit
@@ -227,6 +228,11 @@ def main(replicas: int, out_path: str) -> None:
         results["looksam_sync"] = recorded(
             train, mirrored, mlp, LookSAMModel, k=2, alpha=0.7, sync_perturbation=True
         )
+        results["looksam_global"] = recorded(train, one_device, mlp, LookSAMModel, k=2, alpha=0.7)
+        results["gsam_sync"] = recorded(
+            train, mirrored, mlp, GSAMModel, alpha=0.3, sync_perturbation=True
+        )
+        results["gsam_global"] = recorded(train, one_device, mlp, GSAMModel, alpha=0.3)
         results["accumulation"] = recorded(accumulation_under_mirrored)
     with open(out_path, "w") as f:
         json.dump(results, f)

@@ -47,6 +47,12 @@ __all__ = ["SAMModel"]
 # the same order relative to the rest of the step whatever the model is called.
 _PASS_SCOPE = "training_pass"
 
+# Each m-sharpness piece adds its own two passes to the traced training graph,
+# so tracing time grows with the number of pieces (measured: a minute for 60
+# pieces of a small MLP, no end in sight for 10**6). 128 pieces cut a batch of
+# 128 into single samples, the smallest m the SAM paper studies.
+MAX_BATCH_SPLITS = 128
+
 
 def _first_tensor(structure):
     return next(t for t in tf.nest.flatten(structure) if t is not None)
@@ -93,7 +99,9 @@ class SAMModel(keras.Model):
             Defaults to `False`.
         eta: ASAM's η in T_w = |w| + η. Defaults to `0.01`.
         num_batch_splits: m-sharpness: cut each replica's batch into this many
-            contiguous pieces, each with its own ε̂. Defaults to `1`.
+            contiguous pieces, each with its own ε̂, 1 to 128 (each piece's
+            passes are built into the training graph). A batch with fewer
+            rows is cut into one-row pieces. Defaults to `1`.
         sync_perturbation: under a `tf.distribute` strategy, all-reduce the
             first gradient so every replica uses the same ε̂ (the run equals a
             single-device run on the global batch). Defaults to `False`: each
@@ -134,7 +142,9 @@ class SAMModel(keras.Model):
             eta=check.check_real("eta", eta, minimum=0.0),
             eps=check.check_real("eps", eps, minimum=0.0, exclusive_minimum=True),
         )
-        num_batch_splits = check.check_int("num_batch_splits", num_batch_splits, minimum=1)
+        num_batch_splits = check.check_int(
+            "num_batch_splits", num_batch_splits, minimum=1, maximum=MAX_BATCH_SPLITS
+        )
         sync_perturbation = check.check_bool("sync_perturbation", sync_perturbation)
         skip_nonfinite = check.check_bool("skip_nonfinite", skip_nonfinite)
         # The wrapper takes the base's dtype policy, so that `compile` wraps the

@@ -95,7 +95,8 @@ ACCEPTS = {
     "p": _p,
     "adaptive": _bool,
     "eta": _nonnegative,
-    "num_batch_splits": _integer_at_least_1,
+    # Each piece's passes are unrolled into the traced step.
+    "num_batch_splits": lambda value: _integer_at_least_1(value, maximum=128),
     "sync_perturbation": _bool,
     "skip_nonfinite": _bool,
     "eps": _positive,
@@ -207,6 +208,8 @@ EDGE_VALUES = [
     (SAMModel, {"eps": 1e-300}, True),
     (SAMModel, {"eps": 1e-300, "p": 3}, True),
     (SAMModel, {"num_batch_splits": np.int64(2)}, False),
+    (SAMModel, {"num_batch_splits": 129}, False),
+    (SAMModel, {"num_batch_splits": 10**6}, False),
     (GSAMModel, {"alpha": 0}, False),
     (GSAMModel, {"alpha": 1e39}, False),
     (LookSAMModel, {"k": 1, "alpha": 0}, False),

@@ -263,3 +263,32 @@ def test_num_batch_splits_refuses_known_unequal_rows_when_tracing():
     step = tf.function(model.train_step)
     with pytest.raises(ValueError, match=r"4 rows in x and 3 in y"):
         step((tf.constant(x[:4]), tf.constant(y[:3])))
+
+
+def test_more_pieces_than_a_fixed_batch_has_rows_is_a_value_error():
+    x, y = _data()
+    fixed = tf.data.Dataset.from_tensor_slices((x, y)).batch(4, drop_remainder=True)
+    model = SAMModel(_base(), num_batch_splits=5)
+    model.compile(optimizer="sgd", loss="mse")
+    message = r"`num_batch_splits=5` needs at least 5 samples per replica batch; got a batch of 4"
+    with pytest.raises(ValueError, match=message):
+        model.fit(fixed, epochs=1, verbose=0)
+
+
+def test_a_short_batch_is_cut_into_one_row_pieces():
+    """Batch size unknown when traced: 4 rows and 5 pieces train as 4 pieces."""
+    x, y = _data()
+    varying = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    assert varying.element_spec[0].shape[0] is None
+    weights = []
+    for pieces in (5, 4, 1):
+        keras.utils.set_random_seed(0)
+        base = _base()
+        model = SAMModel(base, num_batch_splits=pieces)
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(varying, epochs=1, verbose=0)
+        weights.append([v.numpy() for v in base.trainable_variables])
+    for five, four in zip(weights[0], weights[1]):
+        assert np.array_equal(five, four)
+    # One ε̂ per row, not one for the batch: the split did happen.
+    assert not all(np.array_equal(a, b) for a, b in zip(weights[1], weights[2]))

@@ -179,7 +179,8 @@ class TrainConfig:
             if self.lr is None
             else check_real("lr", self.lr, minimum=0.0, exclusive_minimum=True)
         )
-        config.out = self.out or os.path.join("runs", f"{self.dataset}-{self.model}-{self.sam}")
+        default_out = os.path.join("runs", f"{self.dataset}-{self.model}-{self.sam}")
+        config.out = str(self.out or default_out)  # a Path too
         problem = argtypes.directory_problem(config.out)
         if problem:
             raise InvalidArgumentError(f"`out` cannot be the output directory: {problem}.")
@@ -348,8 +349,11 @@ def build_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.O
 
 # ---------------------------------------------------------------- resuming
 _SETTINGS_FILE = "settings.json"
+# What `BackupAndRestore` writes at the end of each epoch.
+_BACKUP_METADATA = "training_metadata.json"
 # Settings a rerun may change and still resume the backup: a larger `epochs`
-# continues a finished run; the others do not change what is trained.
+# continues a finished run; the others say where data and outputs live and
+# how the step is run (`--strategy auto` names no hardware anyway).
 _FREE_ON_RESUME = ("epochs", "verbose", "export", "data_dir", "out", "strategy", "jit", "cache")
 
 
@@ -360,14 +364,17 @@ def _check_resumable(config: TrainConfig, backup_dir: Path) -> None:
     weights do not fit) or, worse, resume a different run silently.
     """
     path = backup_dir / _SETTINGS_FILE
-    if not path.exists():  # a fresh --out (or a backup written before this check)
+    # Nothing to resume: a fresh --out, or a run stopped before its first
+    # epoch ended (a retry with a smaller batch after running out of memory).
+    # A backup without settings predates this check.
+    if not (backup_dir / _BACKUP_METADATA).exists() or not path.exists():
         return
     before = json.loads(path.read_text())
     now = json.loads(json.dumps(dataclasses.asdict(config)))
     changed = [
-        f"{name}={before.get(name)!r} there, {now[name]!r} now"
+        f"{name}={before[name]!r} there, {now[name]!r} now"
         for name in now
-        if name not in _FREE_ON_RESUME and before.get(name) != now[name]
+        if name in before and name not in _FREE_ON_RESUME and before[name] != now[name]
     ]
     if changed:
         raise InvalidArgumentError(
@@ -442,7 +449,7 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
             if not model.built:  # BackupAndRestore restores into a built model only
                 model.build((None, *data.image_shape))
         backup_dir = out / "backup"
-        resuming = (backup_dir / "training_metadata.json").exists()
+        resuming = (backup_dir / _BACKUP_METADATA).exists()
         backup_dir.mkdir(exist_ok=True)
         (backup_dir / _SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
         all_callbacks = [

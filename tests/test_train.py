@@ -174,6 +174,30 @@ def test_rerun_with_same_out_resumes(tmp_path, capsys):
     assert lines[0].startswith("keras-sam train: error: `out`") and "sam='asam' there" in lines[0]
 
 
+class _CrashAtFirstBatch(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        raise RuntimeError("out of memory (simulated)")
+
+
+def test_a_run_that_died_in_its_first_epoch_can_be_retried_with_other_settings(tmp_path):
+    """Nothing was backed up yet, so there is nothing to resume or protect."""
+    config = TrainConfig(
+        model="resnet8", sam="sam", out=tmp_path, export=False, test_split=None,
+        steps_per_epoch=1, **TINY
+    )
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(config, callbacks=[_CrashAtFirstBatch()])
+    backup = tmp_path / "backup"
+    assert (backup / "settings.json").exists()
+    assert not (backup / "training_metadata.json").exists()
+    smaller = dataclasses.replace(config, batch_size=4).validated()
+    train_module._check_resumable(smaller, backup)  # no error
+    # Once an epoch is backed up, the same change is refused.
+    (backup / "training_metadata.json").write_text("{}")
+    with pytest.raises(InvalidArgumentError, match="batch_size=8 there, 4 now"):
+        train_module._check_resumable(smaller, backup)
+
+
 def test_cli_main_trains_and_writes(tmp_path, capsys):
     status = main(
         ["--dataset", "mnist", "--model", "resnet8", "--sam", "gsam", "--alpha", "0.2",

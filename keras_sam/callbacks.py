@@ -26,7 +26,9 @@ class SharpnessMonitor(keras.callbacks.Callback):
     has no such keys (as Keras's `validation_freq` does for `val_*`).
     Keras runs callbacks in list order, so a logger or `EarlyStopping` listed
     first would see the epoch's logs before the keys exist: wherever the
-    monitor is listed, `fit` runs it first, before every other callback.
+    monitor is listed, `fit` runs it first, before every other callback (but
+    after a `SwapEMAWeights` listed before it, so that it measures the EMA
+    weights that callback swaps in).
 
     Log keys: `"hessian_max_eigenvalue"`, and `"sharpness"` unless the logs
     already hold a `"sharpness"` — `SAMModel` logs its own, the mean over the
@@ -120,7 +122,8 @@ class SharpnessMonitor(keras.callbacks.Callback):
 
 
 def _run_first(callback: keras.callbacks.Callback) -> None:
-    """Moves `callback` to the front of the `CallbackList` calling it.
+    """Moves `callback` to the front of the `CallbackList` calling it (but
+    after any `SwapEMAWeights` listed before it).
 
     The list is found among the calling frames (`CallbackList.on_train_begin`
     is the caller during `fit`); a callback called some other way is left
@@ -137,6 +140,18 @@ def _run_first(callback: keras.callbacks.Callback) -> None:
             break
     else:
         return
-    others = [c for c in owner.callbacks if c is not callback]
-    if len(others) < len(owner.callbacks):
-        owner.callbacks = [callback, *others]
+    order = list(owner.callbacks)
+    position = next((i for i, c in enumerate(order) if c is callback), None)
+    if position is None:
+        return
+    # A `SwapEMAWeights` listed before the monitor puts the weights to measure
+    # (the EMA) in place at the epoch's end: the monitor stays after it.
+    swaps = [
+        i
+        for i, c in enumerate(order[:position])
+        if isinstance(c, keras.callbacks.SwapEMAWeights)
+    ]
+    front = swaps[-1] + 1 if swaps else 0
+    order.pop(position)
+    order.insert(front, callback)
+    owner.callbacks = order

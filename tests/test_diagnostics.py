@@ -500,6 +500,34 @@ def test_early_stopping_listed_before_the_monitor_acts_on_its_key():
     assert stopping.stopped_epoch == 1
 
 
+class _MeasureAtEpochEnd(keras.callbacks.Callback):
+    def __init__(self, data):
+        super().__init__()
+        self.data, self.measured = data, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.measured.append(sharpness(self.model, self.data))
+
+
+def test_the_monitor_measures_the_ema_weights_swapped_in_before_it():
+    """Listed after `SwapEMAWeights(swap_on_epoch=True)`, the monitor measures
+    the weights the epoch ends with, the EMA (as ModelCheckpoint would save)."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 3)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, "tanh"), keras.layers.Dense(1)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.5), loss="mse"
+    )
+    monitor = SharpnessMonitor((x, y), hessian=False)
+    after = _MeasureAtEpochEnd((x, y))
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True), monitor, after]
+    history = model.fit(x, y, batch_size=8, epochs=2, callbacks=callbacks, verbose=0).history
+    assert history["sharpness"] == after.measured
+
+
 def test_monitor_on_sam_model_keeps_sam_sharpness_and_logs_its_own():
     model, dataset = _conv_model(sam=True, trained=False)
     monitor = SharpnessMonitor(dataset, every=2, hessian=False, batches=1)

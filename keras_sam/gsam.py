@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from keras_sam import _validation as check
 from keras_sam import distribution
@@ -23,7 +24,7 @@ class GSAMModel(SAMModel):
     over SAM: both gradients are already computed. `alpha=0` is SAM exactly.
     Under a `tf.distribute` strategy each replica decomposes its own
     gradients; with `sync_perturbation=True` the decomposition is the global
-    batch's (one more all-reduce, of g_sam), as on one device.
+    batch's (one more all-reduce per step, of g_sam), as on one device.
 
     Use it where SAM helps but converges to a higher training loss; the paper
     reports gains over SAM on ImageNet ViTs and ResNets with alpha 0.1-0.4.
@@ -56,21 +57,34 @@ class GSAMModel(SAMModel):
         super().__init__(base_model, rho, **kwargs)
         self.alpha = alpha
 
-    def _descent_direction(self, clean_gradients, sam_gradients):
+    def _descent_direction(self, clean_gradients, sam_gradients, ascent_gradients):
         if self.alpha == 0.0:
             return sam_gradients
-        share = 1.0
-        clean, sam = clean_gradients, sam_gradients
         if self.sync_perturbation and distribution.num_replicas() > 1:
-            # The decomposition of the global batch's gradients (the sums of
-            # the replicas'), as on one device; each replica removes its
-            # share of α·g_⊥, so the replicas' directions sum to the global one.
-            dense = [[None if g is None else as_dense(g) for g in c] for c in (clean, sam)]
-            clean, sam = (distribution.all_reduce_sum(c) for c in dense)
-            share = 1.0 / distribution.num_replicas()
-        clean_orthogonal = orthogonal_part(clean, sam)
+            return self._synced_descent_direction(sam_gradients, ascent_gradients)
+        clean_orthogonal = orthogonal_part(clean_gradients, sam_gradients)
         return [
-            s if s is None or o is None else as_dense(s) - (self.alpha * share) * o
+            s if s is None or o is None else as_dense(s) - self.alpha * o
+            for s, o in zip(sam_gradients, clean_orthogonal)
+        ]
+
+    def _synced_descent_direction(self, sam_gradients, ascent_gradients):
+        """The global batch's decomposition under a strategy with a synced ε̂.
+
+        g is the ascent's gradient (all-reduced already, unscaled), g_sam the
+        sum of the replicas'. g_⊥ is linear in g: scaled back by the loss
+        scale, each replica removes its share of α·g_⊥, so the replicas'
+        directions sum to the direction of one device on the global batch.
+        """
+        global_sam = distribution.all_reduce_sum(
+            [None if g is None else as_dense(g) for g in sam_gradients]
+        )
+        clean_orthogonal = orthogonal_part(ascent_gradients, global_sam)
+        weight = self.alpha / distribution.num_replicas()
+        if self._loss_scale() is not None:
+            weight = weight * tf.cast(self._loss_scale(), tf.float32)
+        return [
+            s if s is None or o is None else as_dense(s) - tf.cast(weight, o.dtype) * o
             for s, o in zip(sam_gradients, clean_orthogonal)
         ]
 

@@ -39,7 +39,8 @@ class LookSAMModel(SAMModel):
     would be a random kick. Under a `tf.distribute` strategy each replica
     keeps the g_v of its own gradients; with `sync_perturbation=True` every
     replica keeps the global batch's, and the run equals one device's on the
-    global batch (one more all-reduce per step, of g_sam).
+    global batch (one more all-reduce on every step, of g_sam, zero on the
+    cheap steps: costly where the interconnect is slow).
 
     Use it when SAM's 2x cost is too much: with k=5 a step costs about 1.2x a
     plain step.

@@ -465,7 +465,7 @@ class SAMModel(keras.Model):
             x, y, sample_weight, variables
         )
         sam_gradients = self._xla(perturbed_pass)(loss, ascent_gradients)
-        return self._descent_direction(gradients, sam_gradients), loss
+        return self._descent_direction(gradients, sam_gradients, ascent_gradients), loss
 
     def _compiled_clean_pass(self, x, y, sample_weight, variables):
         """(loss, gradients, ascent gradients): the clean pass as one XLA program.
@@ -597,8 +597,11 @@ class SAMModel(keras.Model):
         values = [v.value for v in variables] if self.adaptive else variables
         return perturbation(gradients, values, self._current_rho(), **self._ascent_options)
 
-    def _descent_direction(self, clean_gradients, sam_gradients):
-        """The gradient handed to the optimizer; SAM uses the perturbed one."""
+    def _descent_direction(self, clean_gradients, sam_gradients, ascent_gradients):
+        """The gradient handed to the optimizer; SAM uses the perturbed one.
+
+        `ascent_gradients` is what ε̂ was taken from (`_ascent_gradients`).
+        """
         return sam_gradients
 
     # ------------------------------------------------------------ helpers

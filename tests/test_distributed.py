@@ -378,6 +378,15 @@ def test_looksam_under_mirrored_keeps_a_reused_direction_per_replica(mirrored_ru
         assert_close(stored, [g / 2 for g in reused[replica]], run["names"], rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["gsam", "looksam"])
+def test_synced_variants_scale_the_clean_gradient_back_under_a_loss_scale(variant, mirrored_runs):
+    """With `loss_scale_factor`, the synced g_⊥ / ‖g‖ (from the unscaled ascent
+    gradient) is scaled back: the run still equals one device's, unscaled."""
+    runs = mirrored_runs(2)
+    run = run_named(runs, f"{variant}_sync_scaled")
+    assert_close(final(run), final(run_named(runs, f"{variant}_global")), run["names"])
+
+
 def test_looksam_with_sync_perturbation_equals_one_device_on_the_global_batch(mirrored_runs):
     """A synced ε̂ makes LookSAM the global batch's: g_v from the global
     gradients (the same on every replica), reuse steps scaled by the global ‖g‖."""

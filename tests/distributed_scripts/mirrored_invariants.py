@@ -15,9 +15,10 @@ epochs of two steps, SGD with momentum). The runs:
   `sync_batchnorm_global` (one device): an MLP with synchronized BatchNorm;
 - with 2 replicas also `dropout`, `default_jit` and `sync_batchnorm_jit`
   (`jit_compile=True`), `gsam`, `looksam`, `gsam_sync` and `looksam_sync`
-  (`sync_perturbation=True`) with their one-device runs `gsam_global` and
-  `looksam_global`, and `accumulation` (`gradient_accumulation_steps=2`,
-  which is expected to fail: its error and whether the weights moved).
+  (`sync_perturbation=True`; also `*_sync_scaled`, with a loss scale factor)
+  with their one-device runs `gsam_global` and `looksam_global`, and
+  `accumulation` (`gradient_accumulation_steps=2`, which is expected to fail:
+  its error and whether the weights moved).
 
 For each run the JSON holds the base model's variable names, their initial
 values, every replica's final value, whether the replicas agreed bit for bit
@@ -140,12 +141,20 @@ def main(replicas: int, out_path: str) -> None:
             )
 
     def train(
-        strategy, build_base, model_class=SAMModel, jit_compile=False, evaluate=False, **options
+        strategy,
+        build_base,
+        model_class=SAMModel,
+        jit_compile=False,
+        evaluate=False,
+        loss_scale_factor=None,
+        **options,
     ):
         with strategy.scope():
             model = model_class(build_base(), rho=RHO, **options)
             model.compile(
-                optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM),
+                optimizer=keras.optimizers.SGD(
+                    LEARNING_RATE, momentum=MOMENTUM, loss_scale_factor=loss_scale_factor
+                ),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 jit_compile=jit_compile,
             )
@@ -233,6 +242,15 @@ def main(replicas: int, out_path: str) -> None:
             train, mirrored, mlp, GSAMModel, alpha=0.3, sync_perturbation=True
         )
         results["gsam_global"] = recorded(train, one_device, mlp, GSAMModel, alpha=0.3)
+        # The same with a loss scale: the synced paths scale g back by it.
+        results["gsam_sync_scaled"] = recorded(
+            train, mirrored, mlp, GSAMModel, alpha=0.3, sync_perturbation=True,
+            loss_scale_factor=1024.0,
+        )
+        results["looksam_sync_scaled"] = recorded(
+            train, mirrored, mlp, LookSAMModel, k=2, alpha=0.7, sync_perturbation=True,
+            loss_scale_factor=1024.0,
+        )
         results["accumulation"] = recorded(accumulation_under_mirrored)
     with open(out_path, "w") as f:
         json.dump(results, f)

@@ -41,6 +41,9 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Before TensorFlow loads (`benchmarks.models` imports it): no C++ start-up notes
+# ahead of the report or of a bad flag's error.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.models import DEFAULT_MODEL_NAMES, MODEL_NAMES
 from benchmarks.modes import DEFAULT_MODES, MODES, Mode, unavailable_reason
@@ -335,7 +338,6 @@ def memory_table(memory: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from benchmarks.environment import configure_device, machine_description
 
     try:
@@ -350,6 +352,12 @@ def main(argv=None) -> int:
             modes[name] = MODES[name]
         else:
             notes.append(f"- `{name}` ({MODES[name].label}) skipped: {reason}.")
+    if not modes:
+        print(
+            "step_time.py: error: none of the modes asked for can run here:\n" + "\n".join(notes),
+            file=sys.stderr,
+        )
+        return 2
     if "looksam" in modes and args.steps % LOOKSAM_K:
         notes.append(
             f"- `--steps {args.steps}` is not a multiple of {LOOKSAM_K}: LookSAM's share of "

@@ -136,3 +136,15 @@ def test_device_gpu_without_a_gpu_is_one_line_and_status_2(monkeypatch, capsys):
     assert error.strip() == (
         "step_time.py: error: `--device gpu` was asked for, but TensorFlow sees no GPU."
     )
+
+
+def test_no_mode_that_can_run_is_an_error_not_a_crash(monkeypatch, capsys):
+    """E.g. only Keras 2 modes asked for where tf-keras is not installed."""
+    from benchmarks import step_time
+
+    monkeypatch.setattr(step_time, "unavailable_reason", lambda mode: "tf-keras is not installed")
+    argv = ["--models", "small_cnn", "--modes", "tfk_plain,tfk_sam", "--xla", "off"]
+    assert step_time.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "step_time.py: error: none of the modes asked for can run here:"
+    assert len(lines) == 3 and all("tf-keras is not installed" in line for line in lines[1:])

@@ -357,7 +357,14 @@ _BACKUP_METADATA = "training_metadata.json"
 _FREE_ON_RESUME = ("epochs", "verbose", "export", "data_dir", "out", "strategy", "jit", "cache")
 
 
-def _check_resumable(config: TrainConfig, backup_dir: Path) -> None:
+def _run_settings(config: TrainConfig, dtype_policy: str) -> dict:
+    """What `settings.json` records: the config, and the dtype policy it gave
+    on this hardware (`--mixed-precision` is bfloat16 on TPU and CPU, float16
+    with a loss scaler on GPU: a backup of one does not load into the other)."""
+    return json.loads(json.dumps({**dataclasses.asdict(config), "dtype_policy": dtype_policy}))
+
+
+def _check_resumable(config: TrainConfig, backup_dir: Path, dtype_policy: str) -> None:
     """Raises InvalidArgumentError if `backup_dir` holds another run's backup.
 
     `BackupAndRestore` would otherwise fail deep inside Keras (another model's
@@ -370,7 +377,7 @@ def _check_resumable(config: TrainConfig, backup_dir: Path) -> None:
     if not (backup_dir / _BACKUP_METADATA).exists() or not path.exists():
         return
     before = json.loads(path.read_text())
-    now = json.loads(json.dumps(dataclasses.asdict(config)))
+    now = _run_settings(config, dtype_policy)
     changed = [
         f"{name}={before[name]!r} there, {now[name]!r} now"
         for name in now
@@ -411,7 +418,8 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
         )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resumable(config, out / "backup")
+    policy = mixed_precision_policy(strategy) if config.mixed_precision else "float32"
+    _check_resumable(config, out / "backup", policy)
 
     data = load_image_dataset(
         config.dataset,
@@ -431,7 +439,6 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
     total_steps = steps_per_epoch * config.epochs
 
     previous_policy = keras.mixed_precision.global_policy()
-    policy = mixed_precision_policy(strategy) if config.mixed_precision else "float32"
     keras.mixed_precision.set_global_policy(policy)
     try:
         with strategy.scope():
@@ -451,7 +458,8 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
         backup_dir = out / "backup"
         resuming = (backup_dir / _BACKUP_METADATA).exists()
         backup_dir.mkdir(exist_ok=True)
-        (backup_dir / _SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        settings = _run_settings(config, policy)
+        (backup_dir / _SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         all_callbacks = [
             # First, so that the state is restored before anything else starts.
             keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),

@@ -191,11 +191,16 @@ def test_a_run_that_died_in_its_first_epoch_can_be_retried_with_other_settings(t
     assert (backup / "settings.json").exists()
     assert not (backup / "training_metadata.json").exists()
     smaller = dataclasses.replace(config, batch_size=4).validated()
-    train_module._check_resumable(smaller, backup)  # no error
+    train_module._check_resumable(smaller, backup, "float32")  # no error
     # Once an epoch is backed up, the same change is refused.
     (backup / "training_metadata.json").write_text("{}")
     with pytest.raises(InvalidArgumentError, match="batch_size=8 there, 4 now"):
-        train_module._check_resumable(smaller, backup)
+        train_module._check_resumable(smaller, backup, "float32")
+    # So is other hardware's mixed precision (float16 and a loss scaler on a GPU).
+    same = config.validated()
+    train_module._check_resumable(same, backup, "float32")
+    with pytest.raises(InvalidArgumentError, match="dtype_policy='float32' there"):
+        train_module._check_resumable(same, backup, "mixed_float16")
 
 
 def test_cli_main_trains_and_writes(tmp_path, capsys):

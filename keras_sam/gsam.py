@@ -80,9 +80,7 @@ class GSAMModel(SAMModel):
             [None if g is None else as_dense(g) for g in sam_gradients]
         )
         clean_orthogonal = orthogonal_part(ascent_gradients, global_sam)
-        weight = self.alpha / distribution.num_replicas()
-        if self._loss_scale() is not None:
-            weight = weight * tf.cast(self._loss_scale(), tf.float32)
+        weight = self._times_loss_scale(self.alpha / distribution.num_replicas())
         return [
             s if s is None or o is None else as_dense(s) - tf.cast(weight, o.dtype) * o
             for s, o in zip(sam_gradients, clean_orthogonal)

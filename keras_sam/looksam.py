@@ -143,20 +143,18 @@ class LookSAMModel(SAMModel):
             sam_gradients = self._perturbed_gradients(
                 x, y, sample_weight, variables, loss, ascent_gradients
             )
-            direction = orthogonal_part(sam_gradients, gradients)
-            norm = global_norm(direction)
-            finite = tf.math.is_finite(norm)
-            rounding = tf.logical_not(norm > _ROUNDING * global_norm(sam_gradients))
-            for i in present:
-                new = tf.where(rounding, tf.zeros_like(direction[i]), direction[i])
-                stored[i].assign(tf.where(finite, new, stored[i].value))
+            self._store_direction(
+                [stored[i] for i in present],
+                [sam_gradients[i] for i in present],
+                [gradients[i] for i in present],
+            )
             # Dense in both branches: a `tf.cond` needs the same structure.
             return [as_dense(sam_gradients[i]) for i in present]
 
         def reuse_step():
             clean = [as_dense(gradients[i]) for i in present]
             reused = [stored[i].value for i in present]
-            scale = self.alpha * tf.math.divide_no_nan(global_norm(clean), global_norm(reused))
+            scale = self._reuse_scale(global_norm(clean), reused)
             return [g + tf.cast(scale, g.dtype) * d for g, d in zip(clean, reused)]
 
         # Each branch is its own XLA program and the cond stays a TensorFlow
@@ -200,24 +198,34 @@ class LookSAMModel(SAMModel):
         # The ascent's gradient is the global clean gradient, unscaled: its
         # direction is all g_v needs; its norm, scaled back, is ‖g‖.
         global_clean = [as_dense(ascent_gradients[i]) for i in present]
-        direction = orthogonal_part(global_sam, global_clean)
-        norm = global_norm(direction)
-        keep = tf.logical_and(full, tf.math.is_finite(norm))
-        rounding = tf.logical_not(norm > _ROUNDING * global_norm(global_sam))
-        for i, d in zip(present, direction):
-            new = tf.where(rounding, tf.zeros_like(d), d)
-            stored[i].assign(tf.where(keep, new, stored[i].value))
+        self._store_direction([stored[i] for i in present], global_sam, global_clean, when=full)
         reused = [stored[i].value for i in present]
-        clean_norm = global_norm(global_clean)
-        if self._loss_scale() is not None:
-            clean_norm = clean_norm * tf.cast(self._loss_scale(), clean_norm.dtype)
-        scale = self.alpha * tf.math.divide_no_nan(clean_norm, global_norm(reused))
-        scale = scale / distribution.num_replicas()
+        clean_norm = self._times_loss_scale(global_norm(global_clean))
+        scale = self._reuse_scale(clean_norm, reused) / distribution.num_replicas()
         result = [None] * len(variables)
         for i, s, d in zip(present, local_sam, reused):
             g = as_dense(gradients[i])
             result[i] = tf.where(full, s, g + tf.cast(scale, g.dtype) * d)
         return result
+
+    @staticmethod
+    def _store_direction(stored, sam_gradients, clean_gradients, when=None):
+        """Stores g_v, the part of g_sam orthogonal to g, into `stored` (one
+        variable per gradient): zero at float32 rounding level, and left as it
+        was unless it is finite (and `when`)."""
+        direction = orthogonal_part(sam_gradients, clean_gradients)
+        norm = global_norm(direction)
+        keep = tf.math.is_finite(norm)
+        if when is not None:
+            keep = tf.logical_and(when, keep)
+        rounding = tf.logical_not(norm > _ROUNDING * global_norm(sam_gradients))
+        for variable, d in zip(stored, direction):
+            new = tf.where(rounding, tf.zeros_like(d), d)
+            variable.assign(tf.where(keep, new, variable.value))
+
+    def _reuse_scale(self, clean_norm, reused):
+        """α·‖g‖/‖g_v‖, the weight of the stored direction on a reuse step."""
+        return self.alpha * tf.math.divide_no_nan(clean_norm, global_norm(reused))
 
     def _apply(self, gradients, variables, losses):
         # The counter counts the steps the optimizer took, as its `iterations`

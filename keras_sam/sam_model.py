@@ -611,6 +611,11 @@ class SAMModel(keras.Model):
             return self.optimizer.dynamic_scale
         return self.optimizer.loss_scale_factor
 
+    def _times_loss_scale(self, value):
+        """`value` times the loss scale, if any (what `_unscaled` divides out)."""
+        scale = self._loss_scale()
+        return value if scale is None else value * tf.cast(scale, tf.float32)
+
     def _unscaled(self, gradients):
         """Gradients of the unscaled loss (`scale_loss` multiplied it)."""
         scale = self._loss_scale()

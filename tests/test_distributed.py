@@ -378,6 +378,19 @@ def test_looksam_under_mirrored_keeps_a_reused_direction_per_replica(mirrored_ru
         assert_close(stored, [g / 2 for g in reused[replica]], run["names"], rtol=1e-4)
 
 
+def synced_run_equal_to_one_device(runs: dict, variant: str):
+    """The `<variant>_sync` run, checked to equal its one-device run on the
+    global batch with bit-identical replicas; returns it with the NumPy
+    reference's inputs (objective, initial weights, x, y)."""
+    run = run_named(runs, f"{variant}_sync")
+    assert_close(final(run), final(run_named(runs, f"{variant}_global")), run["names"])
+    for name, copies in zip(run["names"], run["replicas"]):
+        assert np.array_equal(copies[0], copies[1]), name
+    objective = ref.make_objective(ref.mlp("tanh"), ref.softmax_cross_entropy)
+    x, y = np.asarray(runs["x"], np.float64), np.asarray(runs["y"])
+    return run, (objective, arrays(run["initial"]), x, y)
+
+
 @pytest.mark.parametrize("variant", ["gsam", "looksam"])
 def test_synced_variants_scale_the_clean_gradient_back_under_a_loss_scale(variant, mirrored_runs):
     """With `loss_scale_factor`, the synced g_⊥ / ‖g‖ (from the unscaled ascent
@@ -390,16 +403,9 @@ def test_synced_variants_scale_the_clean_gradient_back_under_a_loss_scale(varian
 def test_looksam_with_sync_perturbation_equals_one_device_on_the_global_batch(mirrored_runs):
     """A synced ε̂ makes LookSAM the global batch's: g_v from the global
     gradients (the same on every replica), reuse steps scaled by the global ‖g‖."""
-    runs = mirrored_runs(2)
-    run, one_device = run_named(runs, "looksam_sync"), run_named(runs, "looksam_global")
-    assert_close(final(run), final(one_device), run["names"])
-    x, y = np.asarray(runs["x"], np.float64), np.asarray(runs["y"])
-    objective = ref.make_objective(ref.mlp("tanh"), ref.softmax_cross_entropy)
-    initial = arrays(run["initial"])
+    run, (objective, initial, x, y) = synced_run_equal_to_one_device(mirrored_runs(2), "looksam")
     expected, (reused,) = per_replica_looksam(objective, initial, x, y, replicas=1, k=2, alpha=0.7)
     assert_close(final(run), expected, run["names"])
-    for name, copies in zip(run["names"], run["replicas"]):
-        assert np.array_equal(copies[0], copies[1]), name
     for copies in run["reused_direction"]:
         assert np.array_equal(copies[0], copies[1])
     # Every replica stores the global batch's g_v.
@@ -414,16 +420,9 @@ def test_looksam_with_sync_perturbation_equals_one_device_on_the_global_batch(mi
 
 def test_gsam_with_sync_perturbation_equals_one_device_on_the_global_batch(mirrored_runs):
     """With a synced ε̂, g_⊥ comes from the global gradients, as on one device."""
-    runs = mirrored_runs(2)
-    run, one_device = run_named(runs, "gsam_sync"), run_named(runs, "gsam_global")
-    assert_close(final(run), final(one_device), run["names"])
-    x, y = np.asarray(runs["x"], np.float64), np.asarray(runs["y"])
-    objective = ref.make_objective(ref.mlp("tanh"), ref.softmax_cross_entropy)
-    initial = arrays(run["initial"])
+    run, (objective, initial, x, y) = synced_run_equal_to_one_device(mirrored_runs(2), "gsam")
     expected = per_replica_gsam(objective, initial, x, y, replicas=1, alpha=0.3)
     assert_close(final(run), expected, run["names"])
-    for name, copies in zip(run["names"], run["replicas"]):
-        assert np.array_equal(copies[0], copies[1]), name
     per_replica = per_replica_gsam(objective, initial, x, y, replicas=2, alpha=0.3)
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(per_replica, expected)) > 1e-4
 

@@ -20,6 +20,8 @@ import math
 import os
 from pathlib import Path
 
+from keras_sam._validation import MAX_ALPHA, MAX_RHO
+
 
 def number(text: str, kind=float):
     """`text` as a finite float (or an int with `kind=int`)."""
@@ -70,6 +72,18 @@ def fraction_below_one(text: str) -> float:
     """A number in [0, 1)."""
     value = number(text)
     return _require(0.0 <= value < 1.0, value, text, "in [0, 1)")
+
+
+def rho(text: str) -> float:
+    """A SAM radius: 0 to `MAX_RHO` (1e4), as the model classes accept."""
+    value = number(text)
+    return _require(0.0 <= value <= MAX_RHO, value, text, f"in [0, {MAX_RHO:g}]")
+
+
+def alpha(text: str) -> float:
+    """GSAM's or LookSAM's alpha: 0 to `MAX_ALPHA` (1e4), as the classes accept."""
+    value = number(text)
+    return _require(0.0 <= value <= MAX_ALPHA, value, text, f"in [0, {MAX_ALPHA:g}]")
 
 
 # Keras's `set_random_seed` seeds NumPy's legacy generator, which takes 32 bits.

@@ -13,6 +13,14 @@ import numbers
 import keras
 import numpy as np
 
+#: The largest ρ accepted. Published runs use 0.01–2 (ASAM up to about 5); a
+#: step of 10**4 leaves any model's working range, and near float32's largest
+#: value w + ε̂ overflows in the forward pass, so a larger ρ is a mistake.
+MAX_RHO = 1e4
+#: The largest `alpha` accepted (GSAM, LookSAM), for the same reason: the
+#: papers use 0.1–1, and near float32's largest value the step overflows.
+MAX_ALPHA = 1e4
+
 
 class InvalidArgumentError(ValueError, TypeError):
     """A constructor argument has the wrong type or value."""
@@ -53,8 +61,10 @@ def check_real(
     )
     too_large = maximum is not None and value > maximum
     if not in_float32 or too_small or too_large:
+        if maximum is None:
+            accepted += " that float32 can hold (|x| < 3.4e38)"
         raise InvalidArgumentError(
-            f"`{name}` must be {accepted} that float32 can hold (|x| < 3.4e38). "
+            f"`{name}` must be {accepted}. "
             f"Received: {name}={value if math.isfinite(value) else received!r}."
         )
     return value
@@ -85,16 +95,26 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_rho(value):
-    """Returns a float rho >= 0, or a `LearningRateSchedule` unchanged."""
+    """Returns a float 0 <= rho <= `MAX_RHO`, or a `LearningRateSchedule` unchanged."""
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgumentError(
-            "`rho` must be a finite number >= 0 or a "
+            f"`rho` must be a finite number >= 0 and <= {MAX_RHO:g}, or a "
             "`keras.optimizers.schedules.LearningRateSchedule`. "
             f"Received: rho={_describe(value)}."
         )
-    return check_real("rho", value, minimum=0.0)
+    return check_rho_value(value)
+
+
+def check_rho_value(value, name: str = "rho") -> float:
+    """Returns `value` as a float with 0 <= value <= `MAX_RHO`, or raises."""
+    return check_real(name, value, minimum=0.0, maximum=MAX_RHO)
+
+
+def check_alpha(value) -> float:
+    """Returns `value` as a float with 0 <= alpha <= `MAX_ALPHA`, or raises."""
+    return check_real("alpha", value, minimum=0.0, maximum=MAX_ALPHA)
 
 
 def check_base_model(value) -> keras.Model:

@@ -407,7 +407,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rho",
-        type=argtypes.non_negative,
+        type=argtypes.rho,
         default=None,
         help=f"SAM radius (default: {DEFAULT_RHO}; {DEFAULT_ADAPTIVE_RHO} with --adaptive)",
     )

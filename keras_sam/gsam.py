@@ -42,7 +42,7 @@ class GSAMModel(SAMModel):
         base_model: the `keras.Model` to train.
         rho: neighbourhood radius (float or schedule). Defaults to `0.05`.
         alpha: weight of the orthogonal clean-gradient component that is
-            removed from the descent direction, >= 0. Defaults to `0.1`.
+            removed from the descent direction, 0 <= alpha <= 1e4. Defaults to `0.1`.
         **kwargs: every other `SAMModel` argument (`p`, `adaptive`, `eta`,
             `num_batch_splits`, `sync_perturbation`, `skip_nonfinite`, `eps`,
             `name`).
@@ -53,7 +53,7 @@ class GSAMModel(SAMModel):
     """
 
     def __init__(self, base_model, rho=0.05, alpha: float = 0.1, **kwargs):
-        alpha = check.check_real("alpha", alpha, minimum=0.0)
+        alpha = check.check_alpha(alpha)
         super().__init__(base_model, rho, **kwargs)
         self.alpha = alpha
 

@@ -58,7 +58,7 @@ class LookSAMModel(SAMModel):
         base_model: the `keras.Model` to train.
         rho: neighbourhood radius (float or schedule). Defaults to `0.05`.
         k: a full SAM step every `k` steps, >= 1. Defaults to `5`.
-        alpha: weight of the reused direction g_v, >= 0. Defaults to `0.7`.
+        alpha: weight of the reused direction g_v, 0 <= alpha <= 1e4. Defaults to `0.7`.
         **kwargs: every other `SAMModel` argument except `num_batch_splits`
             (`p`, `adaptive`, `eta`, `sync_perturbation`, `skip_nonfinite`,
             `eps`, `name`).
@@ -70,7 +70,7 @@ class LookSAMModel(SAMModel):
 
     def __init__(self, base_model, rho=0.05, k: int = 5, alpha: float = 0.7, **kwargs):
         k = check.check_int("k", k, minimum=1, maximum=2**63 - 1)  # an int64 counter
-        alpha = check.check_real("alpha", alpha, minimum=0.0)
+        alpha = check.check_alpha(alpha)
         if kwargs.get("num_batch_splits", 1) != 1:
             raise check.InvalidArgumentError(
                 "LookSAMModel stores one reused direction per step and does not "

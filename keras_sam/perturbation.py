@@ -102,7 +102,7 @@ def perturbation(
             does not depend on (it counts as zero and gets `None` back).
         variables: the variables (or their value tensors) the gradients belong
             to. Only read when `adaptive=True`.
-        rho: radius of the neighbourhood; a Python float >= 0 or a scalar
+        rho: radius of the neighbourhood; a Python float in [0, 1e4] or a scalar
             tensor (read as is, e.g. a schedule's value).
         p: the norm of the ball, 1 < p ≤ ∞. Defaults to `2`.
         adaptive: ASAM's scale-invariant ball (T_w = |w| + η). Defaults to
@@ -143,7 +143,7 @@ def perturbation(
     """
     p = validate_p(p)
     if not (tf.is_tensor(rho) or isinstance(rho, (tf.Variable, keras.Variable))):
-        rho = check.check_real("rho", rho, minimum=0.0)
+        rho = check.check_rho_value(rho)
     adaptive = check.check_bool("adaptive", adaptive)
     eta = check.check_real("eta", eta, minimum=0.0)
     eps = check.check_real("eps", eps, minimum=0.0, exclusive_minimum=True)

@@ -88,7 +88,7 @@ class SAMModel(keras.Model):
     Args:
         base_model: the `keras.Model` to train (Sequential, functional or
             subclassed). Available as `.base_model`.
-        rho: neighbourhood radius ρ, a float >= 0 or a
+        rho: neighbourhood radius ρ, a float with 0 <= rho <= 1e4 or a
             `keras.optimizers.schedules.LearningRateSchedule` evaluated at the
             optimizer's iteration. `rho=0` is the base optimizer's plain step.
             Settable during training (`model.rho = 0.1`) without retracing.
@@ -241,8 +241,21 @@ class SAMModel(keras.Model):
         return super().save_weights(filepath, *args, **kwargs)
 
     def load_weights(self, filepath, *args, **kwargs):
+        """As Keras's; a compiled model also gets its optimizer's state back.
+
+        Keras restores the optimizer from a weights file only once the
+        optimizer is built (after a first step); a fresh compiled model would
+        silently start with a new optimizer, so its optimizer is built first.
+        """
         self._build_with_base()
+        if self.built and self._optimizer_to_build():
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
         return super().load_weights(filepath, *args, **kwargs)
+
+    def _optimizer_to_build(self) -> bool:
+        optimizer = getattr(self, "optimizer", None)
+        return optimizer is not None and not optimizer.built and bool(self.trainable_variables)
 
     def _build_with_base(self):
         """Once the base is built, builds the wrapper (subclasses may create
@@ -499,9 +512,11 @@ class SAMModel(keras.Model):
             # (another dropout mask) may then be finite: the step must still
             # be skipped (and the loss scale lowered), as plain Keras skips a
             # step whose gradient overflowed.
-            sam_gradients = distribution.poison_unless(
-                all_finite(ascent_gradients), sam_gradients
-            )
+            finite = all_finite(ascent_gradients)
+            if self.skip_nonfinite:
+                # The loss at w + ε̂ may overflow while its gradient does not.
+                finite = tf.logical_and(finite, tf.math.is_finite(perturbed_loss))
+            sam_gradients = distribution.poison_unless(finite, sam_gradients)
         return sam_gradients
 
     def _clean_pass(self, x, y, sample_weight, variables, collect_state=False):
@@ -713,7 +728,7 @@ class SAMModel(keras.Model):
         """
         if self.train_function is not None and not force:
             return self.train_function
-        self._check_gradient_accumulation()
+        self._check_strategy_support()
         if not self.optimizer.built and self.trainable_variables:
             # Built eagerly, outside the trace: an optimizer whose `build`
             # assigns values (ScheduleFreeAdamW copies the weights) loses them
@@ -748,13 +763,22 @@ class SAMModel(keras.Model):
         with self._outer_jit_off(self._multi_replica_jit()):
             return super().make_predict_function(force)
 
-    def _check_gradient_accumulation(self):
+    def _check_strategy_support(self):
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         steps = getattr(optimizer, "gradient_accumulation_steps", None)
         strategy = self.distribute_strategy
-        if steps and isinstance(strategy, tf.distribute.MirroredStrategy) and (
+        mirrored = isinstance(strategy, tf.distribute.MirroredStrategy) and (
             strategy.num_replicas_in_sync > 1
-        ):
+        )
+        if mirrored and self.steps_per_execution > 1:
+            raise ValueError(
+                f"`steps_per_execution={self.steps_per_execution}` (a `compile` argument) "
+                f"is not supported under MirroredStrategy with {strategy.num_replicas_in_sync} "
+                f"replicas: Keras {keras.__version__}'s multi-step loop fails there for every "
+                "model (\"You must feed a value for placeholder tensor\"). Use "
+                "`steps_per_execution=1` under MirroredStrategy."
+            )
+        if steps and mirrored:
             raise ValueError(
                 f"`gradient_accumulation_steps={steps}` (an optimizer argument) is not "
                 f"supported under MirroredStrategy with {strategy.num_replicas_in_sync} "

@@ -43,7 +43,13 @@ import tensorflow_datasets as tfds
 
 import keras_sam
 from keras_sam import _argtypes as argtypes
-from keras_sam._validation import InvalidArgumentError, check_int, check_real
+from keras_sam._validation import (
+    InvalidArgumentError,
+    check_alpha,
+    check_int,
+    check_real,
+    check_rho_value,
+)
 from keras_sam.cli import OneLineErrorParser
 from keras_sam.data.tfds_images import load_image_dataset
 from keras_sam.models.resnet import MODEL_NAMES, check_model_name, get_model
@@ -165,12 +171,12 @@ class TrainConfig:
                 f"Received: model={self.model!r}, dropout={self.dropout!r}."
             )
         if self.alpha is not None:
-            config.alpha = check_real("alpha", self.alpha, minimum=0.0)
+            config.alpha = check_alpha(self.alpha)
         config.seed = check_int("seed", self.seed, minimum=0, maximum=argtypes.MAX_SEED)
         config.rho = (
             DEFAULT_RHO.get(self.sam)
             if self.rho is None
-            else check_real("rho", self.rho, minimum=0.0)
+            else check_rho_value(self.rho)
         )
         if self.sam == "none":
             config.rho = None
@@ -577,12 +583,12 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sam.add_argument("--sam", choices=SAM_CHOICES, default=defaults.sam, help="(default: sam)")
     sam.add_argument(
         "--rho",
-        type=argtypes.non_negative,
+        type=argtypes.rho,
         help="neighbourhood radius (default: 0.05; 0.5 for asam)",
     )
     sam.add_argument(
         "--alpha",
-        type=argtypes.non_negative,
+        type=argtypes.alpha,
         help="GSAM's or LookSAM's alpha; only with --sam gsam or looksam "
         "(default: the class default)",
     )

@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 
 import keras_sam
 from keras_sam import GSAMModel, LookSAMModel, SAMModel
+from keras_sam._validation import MAX_ALPHA, MAX_RHO
 
 INT64_MAX = 2**63 - 1
 
@@ -71,6 +72,11 @@ def _nonnegative(value) -> bool:
     return _real(value) and _float32_finite(value) and value >= 0
 
 
+def _at_most(maximum: float):
+    """Accepts a nonnegative float32-finite real no larger than `maximum`."""
+    return lambda value: _nonnegative(value) and value <= maximum
+
+
 def _positive(value) -> bool:
     return _real(value) and _float32_finite(value) and value > 0
 
@@ -91,7 +97,8 @@ def _bool(value) -> bool:
 
 
 ACCEPTS = {
-    "rho": _nonnegative,
+    # At most 1e4: near float32's largest value w + ε̂ overflows.
+    "rho": _at_most(MAX_RHO),
     "p": _p,
     "adaptive": _bool,
     "eta": _nonnegative,
@@ -100,7 +107,7 @@ ACCEPTS = {
     "sync_perturbation": _bool,
     "skip_nonfinite": _bool,
     "eps": _positive,
-    "alpha": _nonnegative,
+    "alpha": _at_most(MAX_ALPHA),
     # The step counter is an int64 variable.
     "k": lambda value: _integer_at_least_1(value, maximum=INT64_MAX),
 }
@@ -196,6 +203,9 @@ EDGE_VALUES = [
     (SAMModel, {"rho": 0}, False),
     (SAMModel, {"rho": np.float32(0.05)}, False),
     (SAMModel, {"rho": 2}, False),
+    (SAMModel, {"rho": 1e4}, False),
+    (SAMModel, {"rho": 1e4 * (1 + 2**-20)}, False),
+    (SAMModel, {"rho": float(np.finfo(np.float32).max)}, False),
     (SAMModel, {"rho": 1e39}, False),
     (SAMModel, {"rho": 10**400}, False),
     (SAMModel, {"p": 1.0001}, False),
@@ -211,7 +221,9 @@ EDGE_VALUES = [
     (SAMModel, {"num_batch_splits": 129}, False),
     (SAMModel, {"num_batch_splits": 10**6}, False),
     (GSAMModel, {"alpha": 0}, False),
+    (GSAMModel, {"alpha": 1e4}, False),
     (GSAMModel, {"alpha": 1e39}, False),
+    (LookSAMModel, {"k": 2, "alpha": float(np.finfo(np.float32).max)}, False),
     (LookSAMModel, {"k": 1, "alpha": 0}, False),
     (LookSAMModel, {"k": INT64_MAX}, False),
     (LookSAMModel, {"k": 2**64}, False),

@@ -140,13 +140,15 @@ def _restore(variant: str, file_format: str, path) -> keras.Model:
     if file_format == "keras":
         return keras.models.load_model(path)  # safe_mode=True, the default
     model = _model(variant)
+    if file_format == "weights_h5":
+        # Into a freshly compiled model, as users do: `load_weights` builds
+        # the optimizer so that its state is restored too.
+        model.load_weights(path)
+        return model
     model.build((None, 4))
     model.optimizer.build(model.trainable_variables)
-    if file_format == "weights_h5":
-        model.load_weights(path)
-    else:
-        status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(path)
-        status.assert_consumed().assert_existing_objects_matched()
+    status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(path)
+    status.assert_consumed().assert_existing_objects_matched()
     return model
 
 

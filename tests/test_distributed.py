@@ -427,17 +427,22 @@ def test_gsam_with_sync_perturbation_equals_one_device_on_the_global_batch(mirro
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(per_replica, expected)) > 1e-4
 
 
-# ----------------------------------------- gradient accumulation, mirrored
-def test_gradient_accumulation_under_mirrored_fails_before_changing_weights(mirrored_runs):
-    # Keras 3.15 raises for any model here (a merge_call inside the
-    # optimizer's tf.cond); SAMModel must fail too, not train silently wrong.
-    result = run_named(mirrored_runs(2), "accumulation")
-    assert result["error"] is not None
+# ------------------------- what Keras 3.15 cannot run under MirroredStrategy
+@pytest.mark.parametrize(
+    ("run", "argument"),
+    [
+        ("accumulation", "gradient_accumulation_steps"),
+        ("steps_per_execution", "steps_per_execution"),
+    ],
+)
+def test_what_keras_cannot_run_under_mirrored_is_a_clear_error(run, argument, mirrored_runs):
+    # Keras 3.15 fails for every model here (gradient accumulation: a
+    # merge_call inside the optimizer's tf.cond; several steps per execution:
+    # an unfed placeholder in its loop). SAMModel names the argument before
+    # anything trains, rather than train silently wrong.
+    result = run_named(mirrored_runs(2), run)
     assert result["weights_unchanged"]
-
-
-def test_gradient_accumulation_under_mirrored_error_names_the_argument(mirrored_runs):
-    error = run_named(mirrored_runs(2), "accumulation")["error"]
+    error = result["error"]
     assert error["type"] == "ValueError"
-    assert "gradient_accumulation_steps" in error["message"]
+    assert f"`{argument}=2`" in error["message"]
     assert "MirroredStrategy" in error["message"]

@@ -196,6 +196,40 @@ def test_a_huge_learning_rate_stops_at_the_last_finite_weights():
         assert not all(np.all(np.isfinite(w)) for w in unguarded.get_weights())
 
 
+@pytest.mark.parametrize("cls", [SAMModel, LookSAMModel], ids=["sam", "looksam"])
+def test_a_loss_that_overflows_only_at_w_plus_e_hat_is_skipped(cls):
+    """The clean pass is finite, and so is the gradient at w + ε̂, but the loss
+    there is inf. One weight w = 1e-13 and one input x = 2e15: the clean
+    prediction is 200 and its gradient 8e17; with ρ = 1e4, ε̂ = 1e4 and the
+    prediction 2e19, whose square (4e38) overflows float32 while the gradient
+    2 · 2e19 · 2e15 does not. The step is skipped, and no inf reaches
+    `sharpness`. (GSAM shares this check.)"""
+    x, y = np.array([[2e15]], "float32"), np.zeros((1, 1), "float32")
+
+    def model(skip_nonfinite: bool):
+        dense = keras.layers.Dense(
+            1, use_bias=False, kernel_initializer=keras.initializers.Constant(1e-13)
+        )
+        base = keras.Sequential([keras.Input((1,)), dense])
+        wrapped = cls(base, rho=1e4, skip_nonfinite=skip_nonfinite)
+        wrapped.compile(optimizer=keras.optimizers.SGD(1e-30), loss="mse", jit_compile=False)
+        return wrapped
+
+    # Without the option the step is taken: the inf is the loss's alone.
+    taken = model(skip_nonfinite=False)
+    history = taken.fit(x, y, batch_size=1, epochs=1, verbose=0).history
+    assert history["sharpness"] == [np.inf]
+    kernel = taken.base_model.get_weights()[0]
+    assert np.isfinite(kernel).all() and kernel[0, 0] != np.float32(1e-13)
+
+    skipping = model(skip_nonfinite=True)
+    history = skipping.fit(x, y, batch_size=1, epochs=1, verbose=0).history
+    assert history["skipped_steps"] == [1]
+    assert all(np.isfinite(values).all() for values in history.values()), history
+    assert skipping.base_model.get_weights()[0][0, 0] == np.float32(1e-13)
+    assert int(skipping.optimizer.iterations.numpy()) == 0
+
+
 # ------------------------------------------------------ skip_nonfinite=False
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_without_the_option_sam_takes_the_same_nans_as_plain_keras(variant):

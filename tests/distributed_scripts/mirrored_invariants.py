@@ -17,8 +17,9 @@ epochs of two steps, SGD with momentum). The runs:
   (`jit_compile=True`), `gsam`, `looksam`, `gsam_sync` and `looksam_sync`
   (`sync_perturbation=True`; also `*_sync_scaled`, with a loss scale factor)
   with their one-device runs `gsam_global` and `looksam_global`, and
-  `accumulation` (`gradient_accumulation_steps=2`, which is expected to fail:
-  its error and whether the weights moved).
+  `accumulation` (`gradient_accumulation_steps=2`) and `steps_per_execution`
+  (`steps_per_execution=2`), which are expected to fail (each records its
+  error and whether the weights moved).
 
 For each run the JSON holds the base model's variable names, their initial
 values, every replica's final value, whether the replicas agreed bit for bit
@@ -192,12 +193,14 @@ def main(replicas: int, out_path: str) -> None:
             ]
         return result
 
-    def accumulation_under_mirrored():
+    def unsupported_under_mirrored(optimizer_options=(), **compile_options):
+        """The error (or None) of a fit Keras 3.15 cannot run under Mirrored."""
         with mirrored.scope():
             model = SAMModel(mlp(), rho=RHO)
             model.compile(
-                optimizer=keras.optimizers.SGD(LEARNING_RATE, gradient_accumulation_steps=2),
+                optimizer=keras.optimizers.SGD(LEARNING_RATE, **dict(optimizer_options)),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                **compile_options,
             )
         model.base_model.build((None, 5))
         before = [v.numpy() for v in model.base_model.weights]
@@ -251,7 +254,12 @@ def main(replicas: int, out_path: str) -> None:
             train, mirrored, mlp, LookSAMModel, k=2, alpha=0.7, sync_perturbation=True,
             loss_scale_factor=1024.0,
         )
-        results["accumulation"] = recorded(accumulation_under_mirrored)
+        results["accumulation"] = recorded(
+            unsupported_under_mirrored, {"gradient_accumulation_steps": 2}
+        )
+        results["steps_per_execution"] = recorded(
+            unsupported_under_mirrored, steps_per_execution=2
+        )
     with open(out_path, "w") as f:
         json.dump(results, f)
 

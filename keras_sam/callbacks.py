@@ -51,8 +51,9 @@ class SharpnessMonitor(keras.callbacks.Callback):
 
     Args:
         data: what to measure on: a `tf.data.Dataset` of `(x, y)` or
-            `(x, y, sample_weight)` batches, or such a tuple of arrays
-            (batched by 128). A held-out set measures the minimum without the
+            `(x, y, sample_weight)` batches, or such a tuple of arrays (one
+            batch unless `batch_size` is given, as for
+            `keras_sam.diagnostics.sharpness`). A held-out set measures the minimum without the
             training data's noise; a few training batches measure what SAM
             minimises.
         every: measure every this many epochs, >= 1. Defaults to `1`.
@@ -67,6 +68,8 @@ class SharpnessMonitor(keras.callbacks.Callback):
         adaptive: measure ASAM's adaptive sharpness. Defaults to `False`.
         sharpness_key: the log key of the sharpness; `None` chooses as
             described above. Defaults to `None`.
+        batch_size: rows per batch when `data` is arrays; `None` takes them
+            as one batch. Defaults to `None`.
     """
 
     hessian_key = "hessian_max_eigenvalue"
@@ -83,12 +86,13 @@ class SharpnessMonitor(keras.callbacks.Callback):
         p: float = 2,
         adaptive: bool = False,
         sharpness_key: str | None = None,
+        batch_size: int | None = None,
     ):
         super().__init__()
         # Cut (and cached) once, so that every epoch sees the same batches.
-        self.data = dataset_of(data, batches=check_batches(batches), batch_size=128)
+        self.data = dataset_of(data, batches=check_batches(batches), batch_size=batch_size)
         self.every = check.check_int("every", every, minimum=1)
-        self.rho = check.check_real("rho", rho, minimum=0.0)
+        self.rho = check.check_rho_value(rho)
         self.hessian = check.check_bool("hessian", hessian)
         self.hessian_iterations = check.check_int(
             "hessian_iterations", hessian_iterations, minimum=1

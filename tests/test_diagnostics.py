@@ -276,6 +276,30 @@ def test_sharpness_equals_the_quadratic_closed_form(kind):
     np.testing.assert_allclose(measured, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [None, 100])
+def test_sharpness_of_arrays_is_the_whole_set_unless_batch_size_cuts_them(batch_size):
+    """300 rows given as arrays: one ε̂ for the whole set by default (the
+    closed form of the full-data loss); with `batch_size`, the mean over its
+    batches."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, FEATURES)).astype("float32")
+    y = (x @ rng.normal(size=(FEATURES, 1)) + rng.normal(size=(300, 1))).astype("float32")
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    rho = 0.5
+    pieces = [slice(0, 300)] if batch_size is None else [slice(i, i + 100) for i in (0, 100, 200)]
+    rises = []
+    for rows in pieces:
+        _, g, h = _quadratic(model, x[rows], y[rows])
+        e = rho * g / np.linalg.norm(g)
+        rises.append(g @ e + 0.5 * e @ h @ e)
+    measured = sharpness(model, (x, y), rho=rho, batch_size=batch_size)
+    np.testing.assert_allclose(measured, np.mean(rises), rtol=1e-5)
+    if batch_size is None:
+        whole, split = rises[0], sharpness(model, (x, y), rho=rho, batch_size=100)
+        assert abs(split - whole) > 1e-3 * abs(whole)  # the two can be told apart
+
+
 def test_sharpness_uses_only_the_first_batches_and_is_deterministic(conv):
     model, dataset = conv
     first = _batches(dataset)[0]
@@ -550,9 +574,12 @@ def test_monitor_on_sam_model_keeps_sam_sharpness_and_logs_its_own():
         (lambda m, d: hessian_eigenvalues(m, d, iterations=0), "iterations"),
         (lambda m, d: loss_landscape(m, d, points=1), "points"),
         (lambda m, d: loss_landscape(m, d, directions=3), "directions"),
+        (lambda m, d: loss_landscape(m, d, directions=1.0), "directions"),
+        (lambda m, d: loss_landscape(m, d, directions=True), "directions"),
         (lambda m, d: loss_landscape(m, d, normalization="batch"), "normalization"),
         (lambda m, d: loss_landscape(m, d, span=0), "span"),
         (lambda m, d: sharpness(m, d, rho=-0.1), "rho"),
+        (lambda m, d: sharpness(m, d, rho=1e5), "rho"),
         (lambda m, d: sharpness(m, d, p=1), "p"),
         (lambda m, d: sharpness(m, d, batches=0), "batches"),
         (lambda m, d: sharpness(m, [d]), "data"),

@@ -56,7 +56,7 @@ def check_batches(batches) -> int | None:
     return None if batches is None else check.check_int("batches", batches, minimum=1)
 
 
-def dataset_of(data, *, batches: int | None, batch_size: int) -> tf.data.Dataset:
+def dataset_of(data, *, batches: int | None, batch_size: int | None) -> tf.data.Dataset:
     """`data` as a dataset of `(x, y)` or `(x, y, sample_weight)` batches.
 
     Args:
@@ -65,15 +65,20 @@ def dataset_of(data, *, batches: int | None, batch_size: int) -> tf.data.Dataset
         batches: keep only the first `batches` batches; `None` keeps all.
             A cut dataset is cached, so that every pass of a multi-pass
             diagnostic sees the same batches even if `data` reshuffles.
-        batch_size: rows per batch when `data` is arrays.
+        batch_size: rows per batch when `data` is arrays; `None` makes the
+            whole arrays one batch.
     """
-    batch_size = check.check_int("batch_size", batch_size, minimum=1)
+    if batch_size is not None:
+        batch_size = check.check_int("batch_size", batch_size, minimum=1)
     if isinstance(data, tf.data.Dataset):
         dataset = data
     elif isinstance(data, (tuple, list)) and len(data) in (2, 3):
         # A list of input arrays is several inputs, not one stacked array.
         parts = tuple(tuple(part) if isinstance(part, list) else part for part in data)
-        dataset = tf.data.Dataset.from_tensor_slices(parts).batch(batch_size)
+        dataset = tf.data.Dataset.from_tensor_slices(parts)
+        if batch_size is None:
+            batch_size = max(1, int(dataset.cardinality()))
+        dataset = dataset.batch(batch_size)
     else:
         raise check.InvalidArgumentError(
             "`data` must be a `tf.data.Dataset` of (x, y) or (x, y, sample_weight) "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Sequence
 
 import keras
@@ -184,7 +185,8 @@ def loss_landscape(
         NeurIPS 2018.
     """
     model = check_compiled_model(model)
-    if directions not in (1, 2) or isinstance(directions, bool):
+    integer = isinstance(directions, numbers.Integral) and not isinstance(directions, bool)
+    if not integer or directions not in (1, 2):
         raise check.InvalidArgumentError(
             f"`directions` must be 1 (a line) or 2 (a plane). Received: directions={directions!r}."
         )

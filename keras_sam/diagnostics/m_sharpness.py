@@ -33,7 +33,7 @@ def sharpness(
     adaptive: bool = False,
     eta: float = 0.01,
     batches: int | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
 ) -> float:
     """The SAM paper's m-sharpness of `model` on `data`, with m the batch size.
 
@@ -64,14 +64,17 @@ def sharpness(
     Args:
         model: a compiled `keras.Model`, plain or `SAMModel`.
         data: a `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)`
-            batches, or such a tuple of arrays (batched by `batch_size`).
-        rho: radius ρ >= 0 of the neighbourhood. Defaults to `0.05`.
+            batches (one ε̂ per batch), or such a tuple of arrays (one batch,
+            unless `batch_size` is given).
+        rho: radius 0 <= ρ <= 1e4 of the neighbourhood. Defaults to `0.05`.
         p: norm of the ball, 1 < p <= inf. Defaults to `2`.
         adaptive: ASAM's scale-invariant ball. Defaults to `False`.
         eta: ASAM's η. Defaults to `0.01`.
         batches: use only the first `batches` batches; `None` uses all.
             Defaults to `None`.
-        batch_size: rows per batch when `data` is arrays. Defaults to `128`.
+        batch_size: rows per batch when `data` is arrays; `None` takes the
+            arrays as one batch, the sharpness of the whole set. Defaults to
+            `None`. (Large arrays: pass a batch size, or a batched dataset.)
 
     Returns:
         The sharpness, a Python float; positive near a minimum, it can be
@@ -82,7 +85,7 @@ def sharpness(
         Generalization", ICLR 2021, Sections 2 and 4.1 (m-sharpness).
     """
     model = check_compiled_model(model)
-    rho = check.check_real("rho", rho, minimum=0.0)
+    rho = check.check_rho_value(rho)
     p = validate_p(p)
     adaptive = check.check_bool("adaptive", adaptive)
     eta = check.check_real("eta", eta, minimum=0.0)

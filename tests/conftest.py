@@ -10,16 +10,35 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-# The slowest modules, slowest first (seconds of test time measured on the
-# 2-core CI machine: 121, 94, 86, 61, 50). Under `-n 2 --dist loadfile` a
-# worker takes whole modules in collection order; starting with these lets the
-# many fast modules fill in at the end, so the two workers finish together.
+# Every module, slowest first (seconds of test time under `-n 2` on the 2-core
+# CI machine, 2026-11-30). Under `--dist loadfile` a worker takes the next
+# whole module when it is free; longest first (LPT) keeps the two workers'
+# finishing times within about the shortest module's time of each other.
+# A module missing here runs after these, in collection order.
 _SLOWEST_MODULES = (
-    "test_train.py",
-    "test_examples.py",
-    "test_demo_claim.py",
-    "test_distributed.py",
-    "test_variants.py",
+    "test_train.py",  # 119
+    "test_demo_claim.py",  # 114
+    "test_variants.py",  # 96
+    "test_examples.py",  # 93
+    "test_distributed.py",  # 72
+    "test_mixed_precision.py",  # 58
+    "test_xla_memory.py",  # 53
+    "test_demo.py",  # 46
+    "test_diagnostics.py",  # 44
+    "test_resume.py",  # 41
+    "test_argument_properties.py",  # 36
+    "test_notebooks.py",  # 34
+    "test_nonfinite.py",  # 33
+    "test_sam_keras_integration.py",  # 33
+    "test_multiworker.py",  # 31
+    "test_sam_optimizers.py",  # 29
+    "test_checkpoints.py",  # 28
+    "test_models.py",  # 28
+    "test_sam_golden.py",  # 24
+    "test_cli.py",  # 17
+    "test_benchmarks.py",  # 15
+    "test_sam_errors.py",  # 15
+    "test_perturbation.py",  # 14
 )
 
 

@@ -154,7 +154,10 @@ def test_an_overflow_in_the_first_pass_alone_still_skips_the_step():
     Keras does when its one gradient overflows."""
     x, y = np.array([[1000.0, 0.001]], "float32"), np.zeros((1, 1), "float32")
     first_pass_only = both_passes = 0
-    for seed in range(16):
+    # Under TensorFlow 2.21 seed 2 overflows in the first pass only and seed 9
+    # in both: tried first, they keep the search short; the other seeds keep
+    # it working if another TensorFlow draws other masks.
+    for seed in dict.fromkeys([2, 9, *range(16)]):
         if first_pass_only and both_passes:
             break  # each case has been checked
         keras.utils.set_random_seed(seed)

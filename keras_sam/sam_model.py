@@ -54,6 +54,26 @@ _PASS_SCOPE = "training_pass"
 MAX_BATCH_SPLITS = 128
 
 
+def _holds_optimizer_state(filepath) -> bool:
+    """Whether a weights file has optimizer variables (a `.keras` file: assumed).
+
+    A file saved before the optimizer existed has none: building the
+    optimizer for it would only earn Keras's "Skipping variable loading"
+    warning, and an optimizer whose `build` copies the weights would copy
+    the ones about to be replaced.
+    """
+    path = str(filepath)
+    if not path.endswith(".weights.h5"):
+        return path.endswith(".keras")
+    import h5py  # a Keras dependency
+
+    try:
+        with h5py.File(path, "r") as file:
+            return len(file.get("optimizer/vars", {})) > 0
+    except OSError:  # not readable here: Keras reports it
+        return False
+
+
 def _first_tensor(structure):
     return next(t for t in tf.nest.flatten(structure) if t is not None)
 
@@ -248,7 +268,7 @@ class SAMModel(keras.Model):
         silently start with a new optimizer, so its optimizer is built first.
         """
         self._build_with_base()
-        if self.built and self._optimizer_to_build():
+        if self.built and self._optimizer_to_build() and _holds_optimizer_state(filepath):
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
         return super().load_weights(filepath, *args, **kwargs)

@@ -184,6 +184,23 @@ def test_a_checkpoint_restores_everything_and_training_goes_on_bit_for_bit(
     _assert_bitwise_equal(_state(restored), uninterrupted)
 
 
+def test_a_weights_file_without_optimizer_state_leaves_the_optimizer_to_fit(tmp_path):
+    """Saved before compiling: `load_weights` has no optimizer state to restore,
+    so it does not build the optimizer (the first step does, from the loaded
+    weights), and the weights load all the same."""
+    saved = _model("sam")
+    saved.build((None, 4))
+    for variable in saved.base_model.weights:  # unlike a fresh model's
+        variable.assign(variable.numpy() + 1.0)
+    weights = [v.numpy() for v in saved.base_model.weights]
+    uncompiled = VARIANTS["sam"](saved.base_model)
+    uncompiled.save_weights(tmp_path / "before_compile.weights.h5")
+    fresh = _model("sam")
+    fresh.load_weights(tmp_path / "before_compile.weights.h5")
+    assert not fresh.optimizer.built
+    assert all(np.array_equal(v.numpy(), w) for v, w in zip(fresh.base_model.weights, weights))
+
+
 # ------------------------------------------------------------ safe mode
 def _base_with_a_lambda() -> keras.Model:
     keras.utils.set_random_seed(3)

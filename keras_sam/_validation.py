@@ -107,9 +107,9 @@ def check_rho(value):
     return check_rho_value(value)
 
 
-def check_rho_value(value, name: str = "rho") -> float:
-    """Returns `value` as a float with 0 <= value <= `MAX_RHO`, or raises."""
-    return check_real(name, value, minimum=0.0, maximum=MAX_RHO)
+def check_rho_value(value) -> float:
+    """Returns `value` as a float with 0 <= rho <= `MAX_RHO`, or raises."""
+    return check_real("rho", value, minimum=0.0, maximum=MAX_RHO)
 
 
 def check_alpha(value) -> float:

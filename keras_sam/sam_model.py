@@ -268,14 +268,19 @@ class SAMModel(keras.Model):
         silently start with a new optimizer, so its optimizer is built first.
         """
         self._build_with_base()
-        if self.built and self._optimizer_to_build() and _holds_optimizer_state(filepath):
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
+        compiled = getattr(self, "optimizer", None) is not None
+        if self.built and compiled and _holds_optimizer_state(filepath):
+            self._build_optimizer()
         return super().load_weights(filepath, *args, **kwargs)
 
-    def _optimizer_to_build(self) -> bool:
-        optimizer = getattr(self, "optimizer", None)
-        return optimizer is not None and not optimizer.built and bool(self.trainable_variables)
+    def _build_optimizer(self):
+        """Builds the optimizer now, eagerly and in the strategy's scope, if it
+        is not built yet: an optimizer whose `build` assigns values
+        (ScheduleFreeAdamW copies the weights) loses them when built inside a
+        traced step."""
+        if not self.optimizer.built and self.trainable_variables:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     def _build_with_base(self):
         """Once the base is built, builds the wrapper (subclasses may create
@@ -749,12 +754,7 @@ class SAMModel(keras.Model):
         if self.train_function is not None and not force:
             return self.train_function
         self._check_strategy_support()
-        if not self.optimizer.built and self.trainable_variables:
-            # Built eagerly, outside the trace: an optimizer whose `build`
-            # assigns values (ScheduleFreeAdamW copies the weights) loses them
-            # when built inside a traced step.
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
+        self._build_optimizer()
         jit = bool(self.jit_compile)
         self._xla_inside_replicas = jit and not (
             self._multi_replica_jit() and self._all_reduces_inside_passes()

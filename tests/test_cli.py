@@ -27,9 +27,8 @@ def run_module(*arguments, tf_log_level="2"):
 
 
 def python_lines(stderr):
-    """stderr without the notes of TensorFlow's CUDA build on a machine without
-    a GPU, which its C++ logger writes at import whatever TF_CPP_MIN_LOG_LEVEL
-    says (README's `[cpu]` install has none)."""
+    """stderr without what TensorFlow's CUDA build may log about a missing GPU
+    on a machine without one (README's `[cpu]` install has none)."""
     return [
         line
         for line in stderr.splitlines()
@@ -195,7 +194,7 @@ def test_only_the_command_quiets_tensorflows_start_up_notes():
     from keras_sam import _command_line
 
     failures, tried = doctest.testmod(_command_line)
-    assert tried == 3 and failures == 0
+    assert tried == 4 and failures == 0
     # As a library (this test process), TensorFlow's logging is left alone.
     assert not _command_line.started_as_the_command(sys.argv[0], getattr(sys, "orig_argv", []))
     # `python -m pip ...` names a module too, but not ours.

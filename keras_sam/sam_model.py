@@ -754,6 +754,7 @@ class SAMModel(keras.Model):
         if self.train_function is not None and not force:
             return self.train_function
         self._check_strategy_support()
+        self._warn_if_pieces_misweighted()
         self._build_optimizer()
         jit = bool(self.jit_compile)
         self._xla_inside_replicas = jit and not (
@@ -805,6 +806,33 @@ class SAMModel(keras.Model):
                 f"replicas: Keras {keras.__version__} updates the weights inside a "
                 "`tf.cond` there, which TensorFlow rejects for every model. Use a "
                 f"global batch {steps}x larger instead, or train on one device."
+            )
+
+    def _warn_if_pieces_misweighted(self):
+        """m-sharpness weights each piece's gradient by its share of the rows,
+        which adds up to the batch's gradient only for losses averaged over the
+        rows (Keras's default reduction)."""
+        if self.num_batch_splits == 1:
+            return
+        reductions = sorted(
+            {
+                reduction
+                for loss in tf.nest.flatten(getattr(self, "loss", None))
+                if (reduction := getattr(loss, "reduction", None))
+                in ("sum", "mean_with_sample_weight")
+            }
+        )
+        if reductions:
+            warnings.warn(
+                f"SAMModel: `num_batch_splits={self.num_batch_splits}` weights each "
+                "piece's gradient by its share of the batch's rows, which is exact for "
+                "losses averaged over the rows (`reduction=\"sum_over_batch_size\"`, "
+                f"Keras's default). With `reduction={reductions[0]!r}` the step is not "
+                "the batch's: a summed loss's step comes out about num_batch_splits "
+                "times smaller, and a loss averaged over sample weights weighs the "
+                "pieces by rows, not by their share of the weights. Use the default "
+                "reduction (and scale the learning rate) for m-sharpness.",
+                stacklevel=3,
             )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):

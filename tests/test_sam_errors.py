@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import traceback
+import warnings
 
 import keras
 import numpy as np
@@ -292,3 +293,50 @@ def test_a_short_batch_is_cut_into_one_row_pieces():
         assert np.array_equal(five, four)
     # One ε̂ per row, not one for the batch: the split did happen.
     assert not all(np.array_equal(a, b) for a, b in zip(weights[1], weights[2]))
+
+
+@pytest.mark.parametrize(
+    "loss, warned",
+    [
+        (keras.losses.MeanSquaredError(reduction="sum"), True),
+        (keras.losses.MeanSquaredError(reduction="mean_with_sample_weight"), True),
+        (keras.losses.MeanSquaredError(), False),
+        ("mse", False),
+    ],
+)
+def test_num_batch_splits_warns_of_a_loss_not_averaged_over_rows(loss, warned):
+    x, y = _data()
+    for pieces in (2, 1):
+        model = SAMModel(_base(), num_batch_splits=pieces)
+        model.compile(optimizer="sgd", loss=loss)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        ours = [str(w.message) for w in caught if "num_batch_splits" in str(w.message)]
+        if warned and pieces == 2:
+            assert len(ours) == 1
+            assert "`num_batch_splits=2`" in ours[0]
+            assert f"reduction={loss.reduction!r}" in ours[0]
+        else:
+            assert ours == []
+
+
+def test_num_batch_splits_with_a_summed_loss_takes_the_step_the_warning_names():
+    """What the warning says, in numbers: with `reduction="sum"` and ρ = 0, two
+    equal pieces give exactly half the batch's gradient."""
+    x, y = _data(4)
+    steps = []
+    for pieces in (1, 2):
+        keras.utils.set_random_seed(0)
+        base = _base()
+        model = SAMModel(base, rho=0.0, num_batch_splits=pieces)
+        summed = keras.losses.MeanSquaredError(reduction="sum")
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=summed)
+        before = [v.numpy() for v in base.trainable_variables]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        steps.append([v.numpy() - b for v, b in zip(base.trainable_variables, before)])
+    for whole, split in zip(*steps):
+        assert np.max(np.abs(whole)) > 1e-3
+        np.testing.assert_allclose(split, whole / 2, rtol=1e-5, atol=1e-7)

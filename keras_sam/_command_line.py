@@ -77,23 +77,29 @@ def without_informational_notes(text: str) -> str:
 @contextlib.contextmanager
 def informational_notes_hidden():
     """Runs the body with file descriptor 2 captured, then writes what it
-    caught back to stderr without the informational notes."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    caught back to stderr without the informational notes. Where stderr
+    cannot be captured (none, or no temporary file), the body runs as is."""
     try:
-        with tempfile.TemporaryFile() as captured:
-            os.dup2(captured.fileno(), 2)
-            try:
-                yield
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                captured.seek(0)
-                text = captured.read().decode(errors="replace")
-                sys.stderr.write(without_informational_notes(text))
-                sys.stderr.flush()
+        sys.stderr.flush()
+        captured = tempfile.TemporaryFile()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    try:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            sys.stderr.write(without_informational_notes(text))
+            sys.stderr.flush()
     finally:
         os.close(saved)
+        captured.close()
 
 
 def _quiet_tensorflow_start() -> None:

@@ -26,6 +26,7 @@ import warnings
 import keras
 import tensorflow as tf
 from keras.src import backend as keras_backend
+from keras.src.backend.common import global_state as keras_global_state
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.trainers.data_adapters.data_adapter_utils import (
     unpack_x_y_sample_weight,
@@ -246,15 +247,17 @@ class SAMModel(keras.Model):
     def save(self, filepath, *args, **kwargs):
         """As Keras's; the legacy HDF5 format (`.h5`) is refused up front."""
         if str(filepath).endswith((".h5", ".hdf5")):
-            raise ValueError(
-                f"{type(self).__name__} cannot be saved in Keras's legacy HDF5 format: "
-                "it leaves out the wrapper's state (the dropout seeds, LookSAM's stored "
-                "direction) and Keras cannot load such a file back. Received: "
-                f"filepath={str(filepath)!r}. Save a `.keras` file "
-                "(`model.save('model.keras')`), or the weights alone with "
-                "`model.save_weights('model.weights.h5')`."
-            )
+            raise self._legacy_hdf5_error(f"Received: filepath={str(filepath)!r}.")
         return super().save(filepath, *args, **kwargs)
+
+    def _legacy_hdf5_error(self, received: str) -> ValueError:
+        return ValueError(
+            f"{type(self).__name__} cannot be saved in Keras's legacy HDF5 format: "
+            "it leaves out the wrapper's state (the dropout seeds, LookSAM's stored "
+            f"direction) and Keras cannot load such a file back. {received} Save a "
+            "`.keras` file (`model.save('model.keras')`), or the weights alone with "
+            "`model.save_weights('model.weights.h5')`."
+        )
 
     def save_weights(self, filepath, *args, **kwargs):
         self._build_with_base()
@@ -894,6 +897,11 @@ class SAMModel(keras.Model):
 
     # ------------------------------------------------------------- config
     def get_config(self):
+        if keras_global_state.get_global_attribute("use_legacy_config", False):
+            # Keras's legacy HDF5 writer, reached without `save`
+            # (`keras.saving.save_model(model, "model.h5")`), asks for the
+            # config before it writes any weights.
+            raise self._legacy_hdf5_error("(Keras's legacy HDF5 writer asked for the config.)")
         rho = self._rho_schedule if self._rho_schedule is not None else self.rho
         return {
             "name": self.name,

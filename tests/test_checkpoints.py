@@ -254,6 +254,11 @@ def test_the_legacy_hdf5_format_is_refused_up_front_with_the_way_out(tmp_path, v
     with pytest.raises(ValueError, match="legacy HDF5 .*filepath='.*epoch1.h5'"):
         _fit(model, 1, [checkpoint])
     assert list(tmp_path.iterdir()) == []
+    # Keras's own function skips `model.save`; its legacy writer asks for the
+    # config first (after opening the file, so an empty HDF5 shell stays).
+    for save_model in (keras.saving.save_model, keras.models.save_model):
+        with pytest.raises(ValueError, match=r"legacy HDF5 .*\.keras"):
+            save_model(model, tmp_path / "legacy" / "model.h5")
     # The ways out the message names both work.
     model.save(tmp_path / "model.keras")
     model.save_weights(tmp_path / "model.weights.h5")

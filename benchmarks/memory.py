@@ -57,12 +57,19 @@ def _peak_rss_bytes() -> int:
 
 
 def probe(
-    model_name: str, mode_name: str, xla: bool, steps: int, device: str, name: str | None = None
+    model_name: str,
+    mode_name: str,
+    xla: bool,
+    steps: int,
+    device: str,
+    name: str | None = None,
+    batch_size: int = 128,
 ) -> dict:
     """Trains one mode for two epochs of `steps` steps; returns its memory use.
 
     `name`, when given, renames the model that `fit` trains (the wrapper, for
-    a SAM mode) before its train function is traced.
+    a SAM mode) before its train function is traced. On a CPU, start the
+    process with `TF_CPU_ALLOCATOR_USE_BFC=true` (`measure` and `main` do).
     """
     from benchmarks.environment import configure_device, random_dataset
 
@@ -75,7 +82,7 @@ def probe(
 
     from benchmarks.modes import MODES, compile_mode
 
-    dataset = random_dataset()
+    dataset = random_dataset(batch_size)
     traced = compile_mode(model_name, MODES[mode_name], xla)
     if name is not None:
         # Keras 3 names are plain attributes; tf-keras's `name` is read-only.
@@ -104,6 +111,7 @@ def measure(
     device: str,
     name: str | None = None,
     timeout: float = 900,
+    batch_size: int = 128,
 ) -> dict:
     """Runs `probe` in a fresh Python process and returns its result."""
     env = dict(os.environ)
@@ -115,6 +123,7 @@ def measure(
     command = [
         sys.executable, "-m", "benchmarks.memory", model_name, mode_name,
         "on" if xla else "off", "--steps", str(steps), "--device", device,
+        "--batch-size", str(batch_size),
     ] + ([] if name is None else ["--name", name])
     completed = subprocess.run(
         command, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=timeout
@@ -136,8 +145,15 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
     parser.add_argument("--name", default=None, help="rename the trained model")
+    parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args(argv)
-    result = probe(args.model, args.mode, args.xla == "on", args.steps, args.device, args.name)
+    # Before TensorFlow starts: on a CPU only the BFC allocator keeps the
+    # statistics read here (`measure` sets it for its subprocess too).
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+    result = probe(
+        args.model, args.mode, args.xla == "on", args.steps, args.device, args.name,
+        args.batch_size,
+    )
     print(_MARKER + json.dumps(result), flush=True)
 
 

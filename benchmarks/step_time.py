@@ -279,15 +279,17 @@ def targets_table(results: dict) -> str:
         def verdict(ok: bool) -> str:
             return "met" if ok else "**missed**"
 
+        # Three decimals: a verdict is on the unrounded ratio, and "2.00:
+        # missed" (for 2.004) would read as a contradiction.
         cells = [
             "—" if ours is None or theirs is None else
-            f"{ours[0]:.2f} vs {theirs[0]:.2f}: {verdict(ours[0] <= theirs[0])}",
-            "—" if ours is None else f"{ours[0]:.2f}: {verdict(ours[0] <= 2.0)}",
+            f"{ours[0]:.3f} vs {theirs[0]:.3f}: {verdict(ours[0] <= theirs[0])}",
+            "—" if ours is None else f"{ours[0]:.3f}: {verdict(ours[0] <= 2.0)}",
             "—" if speed is None else
-            f"{_fmt_range(*speed, digits=2)}: {verdict(speed[0] < 1.0)}",
+            f"{_fmt_range(*speed, digits=3)}: {verdict(speed[0] < 1.0)}",
             "—" if exact_speed is None else
-            f"{_fmt_range(*exact_speed, digits=2)}: {verdict(exact_speed[0] < 1.0)}",
-            "—" if look is None else f"{look[0]:.2f}: {verdict(look[0] <= 1.3)}",
+            f"{_fmt_range(*exact_speed, digits=3)}: {verdict(exact_speed[0] < 1.0)}",
+            "—" if look is None else f"{look[0]:.3f}: {verdict(look[0] <= 1.3)}",
             verdict(not any(group["retraces"].values())),
         ]
         lines.append(
@@ -381,7 +383,10 @@ def main(argv=None) -> int:
                 for name in modes:
                     _progress(f"[{model_name}, xla {'on' if xla else 'off'}] memory of {name}")
                     memory[(model_name, xla, name)] = [
-                        measure(model_name, name, xla, args.warmup_steps, args.device, renamed)
+                        measure(
+                            model_name, name, xla, args.warmup_steps, args.device, renamed,
+                            batch_size=args.batch_size,
+                        )
                         for renamed in args.memory_names or [None]
                     ]
     command = " ".join(["python benchmarks/step_time.py", *(argv or sys.argv[1:])])

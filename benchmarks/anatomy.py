@@ -70,6 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# Events of the executor's threads that are the profiler's and executor's own
+# bookkeeping, not TensorFlow ops.
+_EXECUTOR_EVENTS = frozenset(
+    {"StartRegion", "StopRegion", "Process", "Record", "MemoryAllocation", "MemoryDeallocation"}
+)
+
+
 def op_counts(traced, iterator, steps: int = 2) -> collections.Counter:
     """Executed TensorFlow ops per step, by op type, from a profiler trace."""
     import tensorflow as tf
@@ -89,7 +96,9 @@ def op_counts(traced, iterator, steps: int = 2) -> collections.Counter:
             if not line.name.startswith("tf_Compute"):
                 continue  # the executor's threads; events are "name:OpType"
             for event in line.events:
-                counts[plane.event_metadata[event.metadata_id].name.rsplit(":", 1)[-1]] += 1
+                op_type = plane.event_metadata[event.metadata_id].name.rsplit(":", 1)[-1]
+                if op_type not in _EXECUTOR_EVENTS:
+                    counts[op_type] += 1
     return collections.Counter({k: v / steps for k, v in counts.items()})
 
 

@@ -51,7 +51,9 @@ def test_two_workers_train_like_one_mirrored_process():
     try:
         for index in range(2):
             env = subprocess_environment(TF_CONFIG=tf_config(ports, index))
-            runs.append(ScriptRun("multiworker_train.py", "worker", env=env))
+            runs.append(
+                ScriptRun("multiworker_train.py", "worker", env=env, retry_native_crash=False)
+            )
         reference, *workers = results_of(runs, timeout=TIMEOUT_S)
     finally:
         for run in runs:
@@ -76,3 +78,21 @@ def test_two_workers_train_like_one_mirrored_process():
         np.testing.assert_allclose(
             worker["evaluation"]["loss"], reference["evaluation"]["loss"], rtol=1e-5
         )
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_a_run_killed_by_sigsegv_is_started_again_once_when_allowed(tmp_path, retry):
+    """The launcher's retry: a script that dies of SIGSEGV on its first run
+    gives its result after one restart (with a warning), and fails the test
+    when the run may not be retried."""
+    marker = str(tmp_path / "crashed_once")
+    run = ScriptRun("crash_once.py", marker, retry_native_crash=retry)
+    try:
+        if retry:
+            with pytest.warns(UserWarning, match="SIGSEGV"):
+                assert results_of([run], timeout=60) == [{"runs": 2}]
+        else:
+            with pytest.raises(pytest.fail.Exception, match="exited with -11"):
+                results_of([run], timeout=60)
+    finally:
+        run.stop()

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,23 +42,53 @@ def subprocess_environment(**extra: str) -> dict[str, str]:
 
 
 class ScriptRun:
-    """One script of `distributed_scripts/` running in a subprocess."""
+    """One script of `distributed_scripts/` running in a subprocess.
 
-    def __init__(self, script: str, *args: str, env: dict[str, str] | None = None):
+    A run that TensorFlow's native code kills with SIGSEGV (seen once, in a
+    CI run on 2026-11-30: the one-process MirroredStrategy reference of the
+    multi-worker test, not reproduced in 50 runs since) is started again
+    once, with a warning in the test report, when `retry_native_crash` is
+    set; a second crash fails the test. A worker of a cluster must not set
+    it: its peers would be waiting in a collective the new process never
+    joins.
+    """
+
+    def __init__(
+        self,
+        script: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        retry_native_crash: bool = True,
+    ):
         self.name = " ".join([script, *args])
         self._directory = tempfile.TemporaryDirectory(prefix="keras_sam_")
         directory = Path(self._directory.name)
         self.output = directory / "results.json"
         self.log = directory / "log.txt"
-        with open(self.log, "w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(SCRIPTS / script), *args, str(self.output)],
-                cwd=REPO,
-                env=env or subprocess_environment(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self._command = [sys.executable, str(SCRIPTS / script), *args, str(self.output)]
+        self._env = env or subprocess_environment()
+        self._retries_left = 1 if retry_native_crash else 0
+        self._start()
         self._result = None
+
+    def _start(self) -> None:
+        with open(self.log, "a") as log:
+            self.process = subprocess.Popen(
+                self._command, cwd=REPO, env=self._env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def restarted_after_native_crash(self) -> bool:
+        """Starts the script again if it died of SIGSEGV and may be retried."""
+        if self.process.poll() != -signal.SIGSEGV or self._retries_left == 0:
+            return False
+        self._retries_left -= 1
+        warnings.warn(
+            f"{self.name} was killed by SIGSEGV inside TensorFlow; started again "
+            f"once. Its log so far:\n{self.log_tail(2000)}",
+            stacklevel=2,
+        )
+        self._start()
+        return True
 
     def log_tail(self, characters: int = 6000) -> str:
         return self.log.read_text(errors="replace")[-characters:]
@@ -73,6 +105,8 @@ class ScriptRun:
         """The script's JSON; fails the test if it exited badly."""
         if self._result is None:
             code = self.wait(timeout)
+            if self.restarted_after_native_crash():
+                code = self.wait(timeout)
             if code != 0 or not self.output.exists():
                 pytest.fail(f"{self.name} exited with {code}:\n{self.log_tail()}")
             self._result = json.loads(self.output.read_text())
@@ -100,7 +134,7 @@ def results_of(runs: Sequence[ScriptRun], timeout: float) -> list[dict]:
     while True:
         codes = [run.process.poll() for run in runs]
         for run, code in zip(runs, codes):
-            if code is not None and code != 0:
+            if code is not None and code != 0 and not run.restarted_after_native_crash():
                 pytest.fail(f"{run.name} exited with {code}:\n{run.log_tail()}")
         if all(code == 0 for code in codes):
             return [run.result(timeout=1) for run in runs]

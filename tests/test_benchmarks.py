@@ -148,3 +148,46 @@ def test_no_mode_that_can_run_is_an_error_not_a_crash(monkeypatch, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0] == "step_time.py: error: none of the modes asked for can run here:"
     assert len(lines) == 3 and all("tf-keras is not installed" in line for line in lines[1:])
+
+
+def test_torch_benchmark_reference_is_hand_derived_sam():
+    """The NumPy SAM step that checks the PyTorch SAM (its docstring example, by hand)."""
+    import doctest
+
+    from benchmarks import torch_step_time
+
+    failures, attempted = doctest.testmod(torch_step_time, verbose=False)
+    assert (failures, attempted) == (0, 5)
+
+
+def test_torch_benchmark_reference_is_one_sam_step_not_sgd():
+    import numpy as np
+
+    from benchmarks.torch_step_time import numpy_sam_reference
+
+    x, y, w = np.eye(2), np.array([1.0, -1.0]), np.array([0.0, 0.0])
+    # g = x^T (x w - y) / 2 = [-0.5, 0.5]; e = rho g / |g|; g' = (w + e - y) / 2.
+    e = 0.2 * np.array([-0.5, 0.5]) / np.sqrt(0.5)
+    expected = w - 0.1 * (w + e - y) / 2
+    np.testing.assert_allclose(numpy_sam_reference(w, x, y, 0.2, 0.1), expected, rtol=1e-10)
+    plain_sgd = w - 0.1 * (w - y) / 2
+    assert not np.allclose(expected, plain_sgd)
+
+
+def test_torch_benchmark_without_torch_is_one_line_and_status_2(monkeypatch, capsys):
+    from benchmarks import torch_step_time
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    assert torch_step_time.main(["--models", "small_cnn", "--rounds", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("torch_step_time.py: error: PyTorch is not installed;")
+    assert "\n" not in error
+
+
+def test_torch_benchmark_rejects_unknown_models(capsys):
+    from benchmarks import torch_step_time
+
+    with pytest.raises(SystemExit) as exit_info:
+        torch_step_time.parse_args(["--models", "small_cnn,vgg"])
+    assert exit_info.value.code == 2
+    assert "--models: unknown 'vgg'; expected of small_cnn, resnet20" in capsys.readouterr().err

@@ -21,6 +21,7 @@ two frameworks' thread pools never compete:
     pip install torch
     python benchmarks/torch_step_time.py
     python benchmarks/torch_step_time.py --models resnet20 --rounds 9
+    python benchmarks/torch_step_time.py --device cuda   # on an NVIDIA GPU
 """
 
 from __future__ import annotations
@@ -144,19 +145,25 @@ def time_model(model_name: str, args) -> dict[str, list[float]]:
     from benchmarks.torch_models import build
 
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, 32, 32, generator=generator)
-    y = torch.randint(0, 10, (args.batch_size,), generator=generator)
+    x = torch.randn(args.batch_size, 3, 32, 32, generator=generator).to(args.device)
+    y = torch.randint(0, 10, (args.batch_size,), generator=generator).to(args.device)
+    synchronize = torch.cuda.synchronize if args.device == "cuda" else lambda: None
+
+    def run(step, steps):
+        for _ in range(steps):
+            step(x, y)
+        synchronize()  # a GPU runs asynchronously: time the steps to their end
+
     runners, settle = {}, {}
     for name in ("plain", "sam"):
         torch.manual_seed(0)
-        model = build(model_name).train()
+        model = build(model_name).to(args.device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
         plain_step, sam_step = make_steps(model, torch.nn.CrossEntropyLoss(), optimizer)
         step = plain_step if name == "plain" else sam_step
-        for _ in range(2 * args.warmup_steps):
-            step(x, y)
-        runners[name] = lambda step=step: [step(x, y) for _ in range(args.steps)]
-        settle[name] = lambda step=step: [step(x, y) for _ in range(args.settle_steps)]
+        run(step, 2 * args.warmup_steps)
+        runners[name] = lambda step=step: run(step, args.steps)
+        settle[name] = lambda step=step: run(step, args.settle_steps)
     return interleaved_rounds(
         runners, args.rounds, args.steps, settle=settle if args.settle_steps else None
     )
@@ -183,6 +190,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--settle-steps", type=_count(0), default=1)
     parser.add_argument("--warmup-steps", type=_count(1), default=2)
     parser.add_argument("--batch-size", type=_count(1), default=128)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--threads", type=_count(1), default=None,
         help="torch.set_num_threads (default: PyTorch's choice)",
@@ -209,6 +217,12 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(
+            "torch_step_time.py: error: `--device cuda` was asked for, but PyTorch sees no GPU.",
+            file=sys.stderr,
+        )
+        return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     error = check_sam_step()
@@ -227,8 +241,11 @@ def main(argv=None) -> int:
                 f"({s.range_ms[0]:.1f}–{s.range_ms[1]:.1f}) | {ratio} |"
             )
     command = " ".join(["python benchmarks/torch_step_time.py", *(argv or sys.argv[1:])])
-    print(f"## PyTorch SAM step time, batch {args.batch_size}, CPU, "
-          f"{torch.get_num_threads()} threads\n")
+    where = (
+        f"GPU: {torch.cuda.get_device_name()}" if args.device == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(f"## PyTorch SAM step time, batch {args.batch_size}, {where}\n")
     print(f"Command: `{command}`  ")
     print(
         f"Machine: {os.cpu_count()} cores; Python {platform.python_version()}, "

@@ -24,16 +24,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.arguments import at_least, names, positive, xla_flags
 from benchmarks.models import MODEL_NAMES
 from benchmarks.modes import MODES, unavailable_reason
-from benchmarks.step_time import (
-    _at_least,
-    _names,
-    _positive,
-    _xla_flags,
-    results_table,
-    time_group,
-)
+from benchmarks.step_time import results_table, time_group
 
 DEFAULT_MODES = (
     "plain", "sam", "sam_inference_ascent", "sam_assign", "sam_unguarded", "tfk_plain", "tfk_sam"
@@ -49,19 +43,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--models", type=lambda t: _names(t, MODEL_NAMES, "model"), default=["small_cnn"]
+        "--models", type=lambda t: names(t, MODEL_NAMES, "model"), default=["small_cnn"]
     )
     parser.add_argument(
-        "--modes", type=lambda t: _names(t, known, "mode"), default=list(DEFAULT_MODES)
+        "--modes", type=lambda t: names(t, known, "mode"), default=list(DEFAULT_MODES)
     )
-    parser.add_argument("--xla", type=_xla_flags, default=[False])
-    parser.add_argument("--steps", type=_positive, default=5)
-    parser.add_argument("--rounds", type=_positive, default=9)
-    parser.add_argument("--settle-steps", type=_at_least(0), default=1)
-    parser.add_argument("--warmup-steps", type=_positive, default=2)
-    parser.add_argument("--batch-size", type=_positive, default=128)
+    parser.add_argument("--xla", type=xla_flags, default=[False])
+    parser.add_argument("--steps", type=positive, default=5)
+    parser.add_argument("--rounds", type=positive, default=9)
+    parser.add_argument("--settle-steps", type=at_least(0), default=1)
+    parser.add_argument("--warmup-steps", type=positive, default=2)
+    parser.add_argument("--batch-size", type=positive, default=128)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
-    parser.add_argument("--threads", type=_positive, default=1)
+    parser.add_argument("--threads", type=positive, default=1)
     parser.add_argument(
         "--op-counts", action="store_true", help="also count executed ops per step by type"
     )

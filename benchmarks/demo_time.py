@@ -28,17 +28,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.step_time import _positive  # noqa: E402
+from benchmarks.arguments import positive  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=_positive, default=100, help="(default: 100)")
+    parser.add_argument("--epochs", type=positive, default=100, help="(default: 100)")
     parser.add_argument(
-        "--num-samples", type=_positive, default=None,
+        "--num-samples", type=positive, default=None,
         help="MNIST-1D size (default: the demo's, 5,000)",
     )
-    parser.add_argument("--rounds", type=_positive, default=2, help="(default: 2)")
+    parser.add_argument("--rounds", type=positive, default=2, help="(default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
     return parser.parse_args(argv)
 

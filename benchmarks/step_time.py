@@ -45,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 # ahead of the report or of a bad flag's error.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks.arguments import at_least, names, positive, xla_flags
 from benchmarks.models import DEFAULT_MODEL_NAMES, MODEL_NAMES
 from benchmarks.modes import DEFAULT_MODES, MODES, Mode, unavailable_reason
 from benchmarks.timing import Summary, interleaved_rounds, paired_ratios, summarize
@@ -52,35 +53,6 @@ from benchmarks.timing import Summary, interleaved_rounds, paired_ratios, summar
 LOOKSAM_K = 5
 
 
-def _names(text: str, allowed, what: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown {what} {', '.join(unknown) or '(none given)'}; "
-            f"expected a comma-separated list of {', '.join(allowed)}"
-        )
-    return names
-
-
-def _xla_flags(text: str) -> list[bool]:
-    return [n == "on" for n in _names(text, ("off", "on"), "xla setting")]
-
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive = _at_least(1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,34 +61,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--models", type=lambda t: _names(t, MODEL_NAMES, "model"),
+        "--models", type=lambda t: names(t, MODEL_NAMES, "model"),
         default=list(DEFAULT_MODEL_NAMES),
         help=f"comma-separated, of {', '.join(MODEL_NAMES)} "
         f"(default: {','.join(DEFAULT_MODEL_NAMES)})",
     )
     parser.add_argument(
-        "--modes", type=lambda t: _names(t, MODES, "mode"),
+        "--modes", type=lambda t: names(t, MODES, "mode"),
         default=list(DEFAULT_MODES), help="comma-separated (default: all)",
     )
     parser.add_argument(
-        "--xla", type=_xla_flags, default=[False, True], help="off, on or off,on (default)"
+        "--xla", type=xla_flags, default=[False, True], help="off, on or off,on (default)"
     )
     parser.add_argument(
-        "--steps", type=_positive, default=5,
+        "--steps", type=positive, default=5,
         help="steps per mode per round; a multiple of 5 keeps LookSAM's mix of full "
         "and cheap steps the same in every round (default 5)",
     )
-    parser.add_argument("--rounds", type=_positive, default=5, help="timing rounds (default 5)")
+    parser.add_argument("--rounds", type=positive, default=5, help="timing rounds (default 5)")
     parser.add_argument(
-        "--settle-steps", type=_at_least(0), default=1,
+        "--settle-steps", type=at_least(0), default=1,
         help="untimed steps of each mode right before its timed steps in every round: "
         "the first step after another mode ran is slower (default 1)",
     )
     parser.add_argument(
-        "--warmup-steps", type=_positive, default=2,
+        "--warmup-steps", type=positive, default=2,
         help="steps of each of the two warm-up epochs (default 2)",
     )
-    parser.add_argument("--batch-size", type=_positive, default=128)
+    parser.add_argument("--batch-size", type=positive, default=128)
     parser.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu")
     parser.add_argument(
         "--clock", choices=("wall", "cpu"), default="wall",
@@ -124,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "processes on a busy machine inflate much less (meaningful on CPU only)",
     )
     parser.add_argument(
-        "--threads", type=_positive, default=None,
+        "--threads", type=positive, default=None,
         help="TensorFlow intra- and inter-op threads (default: TensorFlow's choice)",
     )
     parser.add_argument(
@@ -407,11 +379,11 @@ def main(argv=None) -> int:
         print("\n### Targets\n")
         print(targets_table(results))
     if memory:
-        names = (
+        renamings = (
             "" if not args.memory_names
             else f"; min–max over the model names {', '.join(args.memory_names)}"
         )
-        print(f"\n### Peak memory (each mode in a fresh process{names})\n")
+        print(f"\n### Peak memory (each mode in a fresh process{renamings})\n")
         print(memory_table(memory))
     if notes:
         print("\n" + "\n".join(notes))

@@ -36,6 +36,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.arguments import at_least, names, positive  # noqa: E402
 from benchmarks.timing import interleaved_rounds, summarize  # noqa: E402
 
 RHO = 0.05
@@ -169,40 +170,23 @@ def time_model(model_name: str, args) -> dict[str, list[float]]:
     )
 
 
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}; got {value}")
-        return value
-
-    return parse
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--models", type=lambda text: [n for n in text.split(",") if n],
+        "--models", type=lambda text: names(text, MODEL_NAMES, "model"),
         default=list(MODEL_NAMES), help=f"comma-separated, of {', '.join(MODEL_NAMES)}",
     )
-    parser.add_argument("--steps", type=_count(1), default=5)
-    parser.add_argument("--rounds", type=_count(1), default=5)
-    parser.add_argument("--settle-steps", type=_count(0), default=1)
-    parser.add_argument("--warmup-steps", type=_count(1), default=2)
-    parser.add_argument("--batch-size", type=_count(1), default=128)
+    parser.add_argument("--steps", type=positive, default=5)
+    parser.add_argument("--rounds", type=positive, default=5)
+    parser.add_argument("--settle-steps", type=at_least(0), default=1)
+    parser.add_argument("--warmup-steps", type=positive, default=2)
+    parser.add_argument("--batch-size", type=positive, default=128)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
-        "--threads", type=_count(1), default=None,
+        "--threads", type=positive, default=None,
         help="torch.set_num_threads (default: PyTorch's choice)",
     )
-    args = parser.parse_args(argv)
-    unknown = [name for name in args.models if name not in MODEL_NAMES]
-    if unknown or not args.models:
-        parser.error(
-            f"--models: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
-            f"expected of {', '.join(MODEL_NAMES)}"
-        )
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:

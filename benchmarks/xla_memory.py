@@ -34,9 +34,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.arguments import names  # noqa: E402
 from benchmarks.models import DEFAULT_MODEL_NAMES, MODEL_NAMES  # noqa: E402
 from benchmarks.modes import DEFAULT_MODES, MODES  # noqa: E402
-from benchmarks.step_time import _names  # noqa: E402
 
 _PEAK = re.compile(r"Stack trace breakdown for peak usage: ([\d ]+) bytes")
 _PROGRAM = re.compile(r"module_\d+\.a_inference_(.+?)_\d+__\.\d+\.cpu_after_optimizations")
@@ -123,12 +123,12 @@ def results_table(results: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--models", type=lambda t: _names(t, MODEL_NAMES, "model"),
+        "--models", type=lambda t: names(t, MODEL_NAMES, "model"),
         default=list(DEFAULT_MODEL_NAMES),
         help=f"comma-separated, of {', '.join(MODEL_NAMES)}",
     )
     parser.add_argument(
-        "--modes", type=lambda t: _names(t, MODES, "mode"), default=list(DEFAULT_MODES),
+        "--modes", type=lambda t: names(t, MODES, "mode"), default=list(DEFAULT_MODES),
         help="comma-separated (default: all); the first row compared is plain",
     )
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)

@@ -190,4 +190,29 @@ def test_torch_benchmark_rejects_unknown_models(capsys):
     with pytest.raises(SystemExit) as exit_info:
         torch_step_time.parse_args(["--models", "small_cnn,vgg"])
     assert exit_info.value.code == 2
-    assert "--models: unknown 'vgg'; expected of small_cnn, resnet20" in capsys.readouterr().err
+    assert (
+        "argument --models: unknown model vgg; expected a comma-separated list of "
+        "small_cnn, resnet20" in capsys.readouterr().err
+    )
+
+
+def _benchmark_modules() -> list[str]:
+    import pkgutil
+
+    import benchmarks
+
+    # torch_models imports PyTorch, which keras-sam does not depend on.
+    return sorted(
+        f"benchmarks.{info.name}"
+        for info in pkgutil.iter_modules(benchmarks.__path__)
+        if info.name != "torch_models"
+    )
+
+
+@pytest.mark.parametrize("name", _benchmark_modules())
+def test_benchmark_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    failures, _ = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert failures == 0

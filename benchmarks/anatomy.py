@@ -5,11 +5,15 @@ SAM in the paired, interleaved rounds of `step_time.py`, by default on one
 thread and with the process's CPU time, which a busy shared machine inflates
 far less than wall time. With `--op-counts` it also lists, exactly, how many
 TensorFlow ops of each type one step executes (from a `tf.profiler` trace),
-which shows what each mode computes that the others do not.
+which shows what each mode computes that the others do not. With
+`--xla-kernels` it sums, from a trace of XLA steps, the time of the kernels
+each XLA program runs, per program and per kernel kind: whether a SAM step's
+programs do more than twice a plain step's work.
 
     python benchmarks/anatomy.py                       # small CNN, XLA off
     python benchmarks/anatomy.py --models resnet20 --op-counts
     python benchmarks/anatomy.py --xla on --clock wall --threads 2
+    python benchmarks/anatomy.py --models resnet20 --modes plain,sam --xla on --xla-kernels
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -59,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--op-counts", action="store_true", help="also count executed ops per step by type"
     )
+    parser.add_argument(
+        "--xla-kernels", action="store_true",
+        help="also sum the time of the kernels each XLA program runs, by program and kind",
+    )
     args = parser.parse_args(argv)
     args.known = known
     return args
@@ -71,8 +81,8 @@ _EXECUTOR_EVENTS = frozenset(
 )
 
 
-def op_counts(traced, iterator, steps: int = 2) -> collections.Counter:
-    """Executed TensorFlow ops per step, by op type, from a profiler trace."""
+def _trace(traced, iterator, steps: int):
+    """The profiler's trace (an `XSpace`) of `steps` training steps."""
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
@@ -81,7 +91,12 @@ def op_counts(traced, iterator, steps: int = 2) -> collections.Counter:
         traced.train_steps(iterator, steps)
         tf.profiler.experimental.stop()
         (path,) = Path(logdir).rglob("*.xplane.pb")
-        space = xplane_pb2.XSpace.FromString(path.read_bytes())
+        return xplane_pb2.XSpace.FromString(path.read_bytes())
+
+
+def op_counts(traced, iterator, steps: int = 2) -> collections.Counter:
+    """Executed TensorFlow ops per step, by op type, from a profiler trace."""
+    space = _trace(traced, iterator, steps)
     counts = collections.Counter()
     for plane in space.planes:
         if plane.name != "/host:CPU":
@@ -121,6 +136,95 @@ def op_count_table(model_name: str, modes: dict, xla: bool, batch_size: int) -> 
     return "\n".join(lines)
 
 
+def kernel_kind(name: str) -> str:
+    """An XLA kernel's kind: its HLO instruction name without the numbering.
+
+    >>> kernel_kind("transpose_copy_fusion.23"), kernel_kind("convolution")
+    ('transpose_copy_fusion', 'convolution')
+    """
+    return re.sub(r"(\.\d+)+$", "", name)
+
+
+def program_name(module: str) -> str:
+    """The `tf.function` an XLA module was compiled from.
+
+    >>> program_name("a_inference_clean_pass_1112__.38")
+    'clean_pass'
+    """
+    match = re.match(r"a_inference_(.+?)_\d+__", module)
+    return match.group(1) if match else module
+
+
+def xla_kernel_times(traced, iterator, steps: int = 5) -> collections.Counter:
+    """ms per step of the XLA kernels run, by (program, kernel kind), from a profiler trace.
+
+    The profiler marks each kernel an XLA:CPU program runs with its HLO
+    instruction (`hlo_op`) and module (`hlo_module`). Five steps: one full
+    step of `LookSAMModel(k=5)` among its cheap ones.
+    """
+    space = _trace(traced, iterator, steps)
+    times = collections.Counter()
+    for plane in space.planes:
+        stat_names = plane.stat_metadata
+        for line in plane.lines:
+            for event in line.events:
+                stats = {stat_names[s.metadata_id].name: s for s in event.stats}
+                if "hlo_op" not in stats or "hlo_module" not in stats:
+                    continue
+                module = stats["hlo_module"]
+                module = module.str_value or stat_names[module.ref_value].name
+                kind = kernel_kind(plane.event_metadata[event.metadata_id].name)
+                times[(program_name(module), kind)] += event.duration_ps / 1e9 / steps
+    return times
+
+
+def xla_kernel_table(
+    model_name: str, modes: dict, batch_size: int, rounds: int = 3, kinds: int = 8
+) -> str:
+    """Markdown: XLA kernel ms per step of each mode, in all, per program and per kind.
+
+    Each mode is traced once per round, the modes in turn (a busy machine
+    slows them alike); each cell is the median over rounds.
+    """
+    from benchmarks.environment import random_dataset
+    from benchmarks.modes import compile_mode
+
+    dataset = random_dataset(batch_size)
+    traced, iterators = {}, {}
+    for name, mode in modes.items():
+        traced[name] = compile_mode(model_name, mode, xla=True)
+        traced[name].fit(dataset, 1)
+        iterators[name] = iter(dataset)
+        traced[name].train_steps(iterators[name], 1)
+    traces = {name: [] for name in modes}
+    for _ in range(rounds):
+        for name in modes:
+            traces[name].append(xla_kernel_times(traced[name], iterators[name]))
+    times = {
+        name: {
+            key: statistics.median(t[key] for t in runs)
+            for key in set().union(*runs)
+        }
+        for name, runs in traces.items()
+    }
+
+    def row(label, select):
+        cells = [sum(ms for key, ms in t.items() if select(key)) for t in times.values()]
+        return f"| {label} | " + " | ".join(f"{ms:.1f}" for ms in cells) + " |"
+
+    lines = ["| XLA kernels (ms/step) | " + " | ".join(times) + " |", "|---|" + "---|" * len(times)]
+    lines.append(row("**all**", lambda key: True))
+    for program in sorted({p for t in times.values() for p, _ in t}):
+        lines.append(row(f"program `{program}`", lambda key, p=program: key[0] == p))
+    by_kind = collections.Counter()
+    for t in times.values():
+        for (_, kind), ms in t.items():
+            by_kind[kind] = max(by_kind[kind], ms)
+    for kind, _ in by_kind.most_common(kinds):
+        lines.append(row(f"kind `{kind}`", lambda key, k=kind: key[1] == k))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -145,6 +249,10 @@ def main(argv=None) -> int:
         for model_name in args.models:
             print(f"\n### Ops executed per step, {model_name}, XLA off (types that differ)\n")
             print(op_count_table(model_name, modes, False, args.batch_size))
+    if args.xla_kernels:
+        for model_name in args.models:
+            print(f"\n### Time in XLA kernels per step, {model_name} (XLA on)\n")
+            print(xla_kernel_table(model_name, modes, args.batch_size))
     return 0
 
 

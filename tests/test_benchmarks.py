@@ -216,3 +216,22 @@ def test_benchmark_docstring_examples_run(name):
 
     failures, _ = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert failures == 0
+
+
+def test_xla_kernel_table_splits_sam_into_its_two_pass_programs():
+    from benchmarks.anatomy import xla_kernel_table
+    from benchmarks.modes import MODES
+
+    table = xla_kernel_table("small_cnn", {n: MODES[n] for n in ("plain", "sam")}, batch_size=8)
+    rows = {
+        line.split("|")[1].strip(): [float(c) for c in line.split("|")[2:-1]]
+        for line in table.splitlines()[2:]
+    }
+    plain_all, sam_all = rows["**all**"]
+    assert plain_all > 0 and sam_all > 0
+    assert rows["program `one_step_on_data`"] == [plain_all, 0.0]
+    clean, perturbed = rows["program `clean_pass`"][1], rows["program `perturbed_pass`"][1]
+    assert rows["program `clean_pass`"][0] == rows["program `perturbed_pass`"][0] == 0.0
+    assert clean > 0 and perturbed > 0
+    assert abs(clean + perturbed - sam_all) <= 0.1 + 1e-9  # each printed to 0.1 ms
+    assert any(label.startswith("kind `convolution") for label in rows)

@@ -30,7 +30,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.arguments import at_least, names, positive, xla_flags
+from benchmarks.arguments import add_round_arguments, names, positive, xla_flags
 from benchmarks.models import MODEL_NAMES
 from benchmarks.modes import MODES, unavailable_reason
 from benchmarks.step_time import results_table, time_group
@@ -55,11 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--modes", type=lambda t: names(t, known, "mode"), default=list(DEFAULT_MODES)
     )
     parser.add_argument("--xla", type=xla_flags, default=[False])
-    parser.add_argument("--steps", type=positive, default=5)
-    parser.add_argument("--rounds", type=positive, default=9)
-    parser.add_argument("--settle-steps", type=at_least(0), default=1)
-    parser.add_argument("--warmup-steps", type=positive, default=2)
-    parser.add_argument("--batch-size", type=positive, default=128)
+    add_round_arguments(parser, rounds=9)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
     parser.add_argument("--threads", type=positive, default=1)
     parser.add_argument(

@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 # ahead of the report or of a bad flag's error.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.arguments import at_least, names, positive, xla_flags
+from benchmarks.arguments import add_round_arguments, names, positive, xla_flags
 from benchmarks.models import DEFAULT_MODEL_NAMES, MODEL_NAMES
 from benchmarks.modes import DEFAULT_MODES, MODES, Mode, unavailable_reason
 from benchmarks.timing import Summary, interleaved_rounds, paired_ratios, summarize
@@ -73,22 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--xla", type=xla_flags, default=[False, True], help="off, on or off,on (default)"
     )
-    parser.add_argument(
-        "--steps", type=positive, default=5,
-        help="steps per mode per round; a multiple of 5 keeps LookSAM's mix of full "
-        "and cheap steps the same in every round (default 5)",
-    )
-    parser.add_argument("--rounds", type=positive, default=5, help="timing rounds (default 5)")
-    parser.add_argument(
-        "--settle-steps", type=at_least(0), default=1,
-        help="untimed steps of each mode right before its timed steps in every round: "
-        "the first step after another mode ran is slower (default 1)",
-    )
-    parser.add_argument(
-        "--warmup-steps", type=positive, default=2,
-        help="steps of each of the two warm-up epochs (default 2)",
-    )
-    parser.add_argument("--batch-size", type=positive, default=128)
+    add_round_arguments(parser, rounds=5)
     parser.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu")
     parser.add_argument(
         "--clock", choices=("wall", "cpu"), default="wall",

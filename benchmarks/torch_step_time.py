@@ -36,7 +36,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.arguments import at_least, names, positive  # noqa: E402
+from benchmarks.arguments import add_round_arguments, names, positive  # noqa: E402
 from benchmarks.timing import interleaved_rounds, summarize  # noqa: E402
 
 RHO = 0.05
@@ -176,11 +176,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--models", type=lambda text: names(text, MODEL_NAMES, "model"),
         default=list(MODEL_NAMES), help=f"comma-separated, of {', '.join(MODEL_NAMES)}",
     )
-    parser.add_argument("--steps", type=positive, default=5)
-    parser.add_argument("--rounds", type=positive, default=5)
-    parser.add_argument("--settle-steps", type=at_least(0), default=1)
-    parser.add_argument("--warmup-steps", type=positive, default=2)
-    parser.add_argument("--batch-size", type=positive, default=128)
+    add_round_arguments(parser, rounds=5)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--threads", type=positive, default=None,

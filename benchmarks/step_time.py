@@ -53,8 +53,6 @@ from benchmarks.timing import Summary, interleaved_rounds, paired_ratios, summar
 LOOKSAM_K = 5
 
 
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],

@@ -30,6 +30,11 @@ def _describe(value) -> str:
     return f"{value!r} (of type {type(value).__name__})"
 
 
+def as_float32(value: float) -> float:
+    """`value` rounded to float32, as a variable holding it reads back."""
+    return float(np.float32(value))
+
+
 def check_real(
     name: str,
     value,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import keras
 
 from keras_sam import _validation as check
+from keras_sam._keras_internals import calling_callback_list
 from keras_sam.diagnostics import hessian_eigenvalues, sharpness
 from keras_sam.diagnostics._common import check_batches, dataset_of
 from keras_sam.perturbation import validate_p
@@ -134,15 +133,8 @@ def _run_first(callback: keras.callbacks.Callback) -> None:
     alone. The list attribute is replaced, not changed in place, so the loop
     running over it now is not disturbed; later events follow the new order.
     """
-    frame = sys._getframe(1)
-    for _ in range(4):
-        frame = frame.f_back
-        if frame is None:
-            return
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, keras.callbacks.CallbackList):
-            break
-    else:
+    owner = calling_callback_list()
+    if owner is None:
         return
     order = list(owner.callbacks)
     position = next((i for i, c in enumerate(order) if c is callback), None)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 from keras_sam import _validation as check
-from keras_sam import distribution
 from keras_sam.gradient_math import as_dense, orthogonal_part
 from keras_sam.sam_model import SAMModel
 
@@ -57,33 +55,14 @@ class GSAMModel(SAMModel):
         super().__init__(base_model, rho, **kwargs)
         self.alpha = alpha
 
-    def _descent_direction(self, clean_gradients, sam_gradients, ascent_gradients):
+    def descent_direction(self, clean_gradients, perturbed_gradients):
+        """g_sam − α·g_⊥, g_⊥ the part of g orthogonal to g_sam."""
         if self.alpha == 0.0:
-            return sam_gradients
-        if self.sync_perturbation and distribution.num_replicas() > 1:
-            return self._synced_descent_direction(sam_gradients, ascent_gradients)
-        clean_orthogonal = orthogonal_part(clean_gradients, sam_gradients)
+            return perturbed_gradients
+        clean_orthogonal = orthogonal_part(clean_gradients, perturbed_gradients)
         return [
             s if s is None or o is None else as_dense(s) - self.alpha * o
-            for s, o in zip(sam_gradients, clean_orthogonal)
-        ]
-
-    def _synced_descent_direction(self, sam_gradients, ascent_gradients):
-        """The global batch's decomposition under a strategy with a synced ε̂.
-
-        g is the ascent's gradient (all-reduced already, unscaled), g_sam the
-        sum of the replicas'. g_⊥ is linear in g: scaled back by the loss
-        scale, each replica removes its share of α·g_⊥, so the replicas'
-        directions sum to the direction of one device on the global batch.
-        """
-        global_sam = distribution.all_reduce_sum(
-            [None if g is None else as_dense(g) for g in sam_gradients]
-        )
-        clean_orthogonal = orthogonal_part(ascent_gradients, global_sam)
-        weight = self._times_loss_scale(self.alpha / distribution.num_replicas())
-        return [
-            s if s is None or o is None else as_dense(s) - tf.cast(weight, o.dtype) * o
-            for s, o in zip(sam_gradients, clean_orthogonal)
+            for s, o in zip(perturbed_gradients, clean_orthogonal)
         ]
 
     def get_config(self):

@@ -301,20 +301,18 @@ def _what_the_user_reads(error: Exception) -> str:
     return re.sub(r"\b(sequential|sam_model)(?=/)", "model", message)
 
 
-# SAM's own code that runs before the clean forward pass: reading the batch,
-# the step's bookkeeping, and the call into the base model.
-_BEFORE_SAM_MATH = {
-    "train_step",
-    "clean_pass",
-    "_step_gradients",
-    "_pieces_gradients",
-    "_sam_gradients",
-    "_compiled_clean_pass",
-    "_clean_pass",
-    "_maybe_symbolic_build",
-    "_build_with_base",
-    "call",
-}
+# SAM's modules of the step after the clean forward pass: the ascent, the
+# gradient arithmetic, the hooks' frame and the guard; and the perturbed pass
+# (a public function of the passes module, beside the first pass).
+_SAM_MATH_MODULES = ("perturbation.py", "gradient_math.py", "gradient_frame.py", "guard.py")
+
+
+def _is_sam_math(filename: str, function: str) -> bool:
+    return filename.startswith(_SAM_SOURCE) and (
+        filename.endswith(_SAM_MATH_MODULES) or function == "perturbed_pass"
+    )
+
+
 _DEFINED_AT = re.compile(r'File "([^"]+)", line \d+, in (\w+)')
 
 
@@ -337,15 +335,14 @@ def _assert_raised_by_keras_before_sam_math(error: Exception) -> None:
         # plain Keras's step), never an op of the ascent or perturbed pass.
         defined_at = _DEFINED_AT.findall(error.message)
         assert defined_at, error.message
-        filename, function = defined_at[-1]
-        assert not filename.startswith(_SAM_SOURCE) or function in _BEFORE_SAM_MATH, (
-            defined_at[-1]
-        )
+        assert not any(_is_sam_math(*frame) for frame in defined_at), defined_at
+        # Defined in the clean pass (or before it), as in plain Keras's step.
+        passes = [f for f in defined_at if f[0].endswith("passes.py")]
+        assert all(function in ("first_pass", "_forward_loss") for _, function in passes), passes
         return
     frames = traceback.extract_tb(error.__traceback__)
     assert not frames[-1].filename.startswith(_SAM_SOURCE), frames[-1]
-    sam_functions = {f.name for f in frames if f.filename.startswith(_SAM_SOURCE)}
-    assert sam_functions <= _BEFORE_SAM_MATH, sam_functions
+    assert not any(_is_sam_math(f.filename, f.name) for f in frames), frames
 
 
 _X = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")

@@ -7,9 +7,7 @@ with `fit`; a third process runs the same training on a 2-replica
 (1e-5) to the one-process run, and both must have skipped the step whose NaN
 sits in worker 1's shard only.
 
-Keras 3.15's `fit` fails here for every model; the worker script patches the
-proposed `SAMModel` fix in until it lands (see
-`distributed_scripts/multiworker_train.py`).
+Keras's own `fit` fails here for every model; `SAMModel` works around it.
 """
 
 from __future__ import annotations

@@ -66,6 +66,21 @@ def _fit(model: keras.Model, start: int, stop: int) -> None:
               batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
 
 
+def _variables_named(model: keras.Model, name: str) -> list[np.ndarray]:
+    return [np.asarray(v) for v in model.non_trainable_variables if v.name == name]
+
+
+def _look_step(model: keras.Model) -> int:
+    """LookSAM's step counter, a variable of the model."""
+    (counter,) = _variables_named(model, "look_step")
+    return int(counter)
+
+
+def _stored_direction(model: keras.Model) -> list[np.ndarray]:
+    """LookSAM's stored direction g_v, one variable per weight."""
+    return _variables_named(model, "look_g_v")
+
+
 def _weights(model: keras.Model) -> list[np.ndarray]:
     return [np.asarray(v) for v in model.trainable_variables]
 
@@ -410,7 +425,7 @@ def test_looksam_keeps_each_weights_direction_when_layers_are_frozen_between_fit
     model.fit(x1, y1, batch_size=BATCH, shuffle=False, verbose=0)
     _assert_weights_close([np.asarray(v) for v in base.weights],
                           [np.asarray(v) for v in variables])
-    assert int(model._look_step.numpy()) == 2
+    assert _look_step(model) == 2
 
 
 def test_looksam_cheap_step_uses_the_current_weights():
@@ -428,8 +443,8 @@ def test_looksam_cheap_step_uses_the_current_weights():
             at_last_full_step = before
         direction = ref.descent_direction(variant, before, x, y, state)
         _fit(model, step, step + 1)
-        assert int(model._look_step.numpy()) == step + 1
-        stored = [np.asarray(v) for v in model._reused_direction]
+        assert _look_step(model) == step + 1
+        stored = _stored_direction(model)
         _assert_weights_close(stored, state.reused_direction, rtol=1e-4)
         expected = [w - LEARNING_RATE * d for w, d in zip(before, direction)]
         _assert_weights_close(_weights(model), expected, rtol=2e-6)
@@ -454,14 +469,14 @@ def test_looksam_state_survives_save_and_load(tmp_path):
     keras.utils.set_random_seed(0)
     model = _compile(LookSAMModel(_base(), rho=0.1, k=3, alpha=0.7), jit=False)
     _fit(model, 0, 4)
-    saved_direction = [np.asarray(v) for v in model._reused_direction]
+    saved_direction = _stored_direction(model)
     assert np.abs(saved_direction[0]).max() > 0  # step 3 was a full step
     path = str(tmp_path / "looksam.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, LookSAMModel)
-    assert int(loaded._look_step.numpy()) == 4
-    for a, b in zip(loaded._reused_direction, saved_direction):
+    assert _look_step(loaded) == 4
+    for a, b in zip(_stored_direction(loaded), saved_direction):
         np.testing.assert_array_equal(np.asarray(a), b)
     _fit(loaded, 4, 7)
     for a, b in zip(_weights(loaded), _weights(uninterrupted)):

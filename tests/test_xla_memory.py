@@ -99,6 +99,6 @@ def test_sam_step_peak_is_plain_plus_weights_and_gradients(tmp_path):
     # LookSAM's full step also holds its stored direction g_v (a variable)
     # and takes the clean gradient once, not once more as the ascent's.
     look, _ = peaks["looksam"]
-    assert set(look) == {"clean_pass", "full_step"}, look  # one step: a full one
+    assert set(look) == {"clean_pass", "perturbed_pass"}, look  # one step: a full one
     extra = max(look.values()) - max(plain.values())
     assert 0 <= extra <= 2 * weight_bytes, (extra, weight_bytes, plain, look)

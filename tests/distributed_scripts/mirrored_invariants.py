@@ -34,6 +34,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -163,15 +164,17 @@ def main(replicas: int, out_path: str) -> None:
         base.build((None, 5))
         initial = [v.numpy().tolist() for v in base.weights]
         agreement = ReplicaAgreement(strategy)
-        history = model.fit(
-            x,
-            y,
-            batch_size=GLOBAL_BATCH,
-            epochs=EPOCHS,
-            shuffle=False,
-            verbose=0,
-            callbacks=[agreement],
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = model.fit(
+                x,
+                y,
+                batch_size=GLOBAL_BATCH,
+                epochs=EPOCHS,
+                shuffle=False,
+                verbose=0,
+                callbacks=[agreement],
+            )
         local = strategy.experimental_local_results
         result = {
             "names": [v.path for v in base.weights],
@@ -180,7 +183,7 @@ def main(replicas: int, out_path: str) -> None:
             "replicas": [[t.numpy().tolist() for t in local(v.value)] for v in base.weights],
             "history": history.history,
             "identical_after_each_step": agreement.identical,
-            "jit_per_replica": model._jit_per_replica,
+            "xla_ignored": any("`jit_compile=True` is ignored" in str(w.message) for w in caught),
             "jit_compile": model.jit_compile,
         }
         if evaluate:
@@ -189,7 +192,9 @@ def main(replicas: int, out_path: str) -> None:
             )
         if isinstance(model, LookSAMModel):
             result["reused_direction"] = [
-                [t.numpy().tolist() for t in local(v.value)] for v in model._reused_direction
+                [t.numpy().tolist() for t in local(v.value)]
+                for v in model.non_trainable_variables
+                if v.name == "look_g_v"
             ]
         return result
 

@@ -12,12 +12,10 @@ the same data in the same order, global batch 16; replica (worker) 1's shard
 of the third batch holds a NaN, so with `skip_nonfinite=True` every replica
 must skip that step. The JSON holds the final trainable weights and the logs.
 
-Keras 3.15's `fit` fails under `MultiWorkerMirroredStrategy` for every model:
-its symbolic build reduces a distributed batch with `strategy.reduce("MEAN")`,
-and it reduces scalar logs with `axis=0`. Until `SAMModel` carries the fix
-(proposed in the issue #4 report), `patch_sam_model_for_multi_worker` below
-applies the same change here; it is skipped once `SAMModel` defines
-`_maybe_symbolic_build` itself.
+Keras's own `fit` fails under `MultiWorkerMirroredStrategy` for every model
+(its symbolic build reduces a distributed batch with `strategy.reduce("MEAN")`,
+and it reduces scalar logs with `axis=0`); `SAMModel` works around both, which
+this run checks.
 """
 
 from __future__ import annotations
@@ -29,50 +27,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 GLOBAL_BATCH = 16
-
-
-def patch_sam_model_for_multi_worker(SAMModel) -> bool:
-    """Monkeypatches the proposed multi-worker fix in; True if it was needed."""
-    if "_maybe_symbolic_build" in vars(SAMModel):
-        return False
-    import keras
-    import tensorflow as tf
-    from keras.src import tree
-
-    def is_multi_worker(strategy) -> bool:
-        return (
-            isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode()
-        )
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Only the first batch's shapes and dtypes matter: take one replica's
-        # batch instead of Keras's cross-worker `reduce("MEAN")`.
-        if iterator is not None and self._distribute_strategy is not None:
-            local = self.distribute_strategy.experimental_local_results
-            for _, _, batches in iterator:
-                data_batch = tree.map_structure(
-                    lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
-                    next(batches),
-                )
-                break
-        return keras.Model._maybe_symbolic_build(self, data_batch=data_batch)
-
-    def with_vector_logs(step):
-        # Keras reduces logs with `strategy.reduce("MEAN", v, axis=0)` across
-        # workers, which needs an axis: shape [1] per replica gives the mean.
-        def wrapped(self, data):
-            logs = step(self, data)
-            if is_multi_worker(self.distribute_strategy):
-                logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-            return logs
-
-        return wrapped
-
-    SAMModel._maybe_symbolic_build = _maybe_symbolic_build
-    SAMModel.train_step = with_vector_logs(SAMModel.train_step)
-    SAMModel.test_step = with_vector_logs(SAMModel.test_step)
-    return True
 
 
 def main(mode: str, out_path: str) -> None:
@@ -96,7 +50,6 @@ def main(mode: str, out_path: str) -> None:
 
     from keras_sam import SAMModel
 
-    patched = patch_sam_model_for_multi_worker(SAMModel) if mode == "worker" else False
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3 * GLOBAL_BATCH, 5)).astype("float32")
     y = rng.integers(0, 3, size=3 * GLOBAL_BATCH).astype("int32")
@@ -125,7 +78,6 @@ def main(mode: str, out_path: str) -> None:
         "mode": mode,
         "task": task,
         "replicas": strategy.num_replicas_in_sync,
-        "patched": patched,
         "names": [v.path for v in base.trainable_variables],
         "weights": [v.numpy().tolist() for v in base.trainable_variables],
         "logs": {k: [float(v) for v in values] for k, values in history.history.items()},

@@ -1,9 +1,9 @@
-"""Variants of `SAMModel`'s step, for finding where its time goes (not for training).
+"""Variants of a SAM step, for finding where its time goes (not for training).
 
-Each subclass changes one thing in the step; `benchmarks/anatomy.py` times
-them against `SAMModel` in paired rounds. They override the core's private
-hooks (`_clean_pass`, `_perturbed_pass`, `_ascent`), so they follow the core
-as it is today.
+`benchmarks/anatomy.py` times them against `SAMModel` in paired rounds. Each
+changes one thing, through keras-sam's public API only: a documented hook of
+`SAMModel`, or a Keras model whose `train_step` is SAM written with
+`keras_sam.perturbation`.
 
 - `InferenceAscentSAM`: the clean (ascent) pass runs with `training=False`, as
   the Keras 2 SAM's does (it calls `self(x)` without `training`): BatchNorm
@@ -14,8 +14,11 @@ as it is today.
   variables themselves, then w restored from a `tf.identity` copy, instead
   of reading w + ε̂ through a `keras.StatelessScope`. (Its second pass also
   updates the BatchNorm statistics: timing only.)
-- `UnguardedAscentSAM`: ε̂ = ρ·g / (‖g‖ + eps) with the norm from one
-  `tf.linalg.global_norm` and none of the finiteness guards.
+- `UnguardedAscentSAM`: `SAMModel` whose `ascent` hook is ε̂ = ρ·g / (‖g‖ +
+  eps) with the norm from one `tf.linalg.global_norm` and none of the
+  finiteness guards.
+
+The first two are plain `keras.Model`s around the base (logs: the compiled metrics).
 
 Example:
 
@@ -28,68 +31,81 @@ Example:
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
-from keras.src.losses.loss import unscale_loss_for_distribution
 
 from benchmarks.modes import RHO, Mode
-from keras_sam import SAMModel
+from keras_sam import SAMModel, perturbation
 
 __all__ = ["AssignPerturbationSAM", "InferenceAscentSAM", "UnguardedAscentSAM", "VARIANTS"]
 
 
-def _batch_rows(x):
-    return tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+class _KerasLoopSAM(keras.Model):
+    """A Keras model whose `train_step` is a hand-written SAM step (TensorFlow)."""
+
+    def __init__(self, base_model, rho=RHO, **kwargs):
+        super().__init__(**kwargs)
+        self.base_model = base_model
+        self.rho = rho
+
+    def call(self, inputs, training=None):
+        return self.base_model(inputs, training=training)
+
+    def _loss(self, x, y, sample_weight, training):
+        y_pred = self(x, training=training)
+        return y_pred, self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred, loss = self._loss(x, y, sample_weight, training=self.ascent_training)
+        gradients = tape.gradient(loss, variables)
+        e_hat = perturbation(gradients, variables, self.rho)
+        self.optimizer.apply(self.perturbed_gradients(x, y, sample_weight, e_hat), variables)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
-class InferenceAscentSAM(SAMModel):
+class InferenceAscentSAM(_KerasLoopSAM):
     """SAM whose clean pass runs BatchNorm/Dropout in inference mode (as Keras 2's)."""
 
-    def _clean_pass(self, x, y, sample_weight, variables, collect_state=False):
-        if collect_state:
-            raise NotImplementedError("timing variant: num_batch_splits must be 1")
+    ascent_training = False
+
+    def perturbed_gradients(self, x, y, sample_weight, e_hat):
+        variables = self.trainable_variables
+        mapping = [(v, v.value + e) for v, e in zip(variables, e_hat) if e is not None]
+        sources = [value for _, value in mapping]
         with tf.GradientTape() as tape:
-            y_pred = self(x, training=False)
-            loss = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            self._loss_tracker.update_state(
-                unscale_loss_for_distribution(loss), sample_weight=_batch_rows(x)
-            )
-            scaled_loss = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, variables)
-        self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        return loss, gradients, []
+            tape.watch(sources)
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+                _, loss = self._loss(x, y, sample_weight, training=True)
+        return tape.gradient(loss, sources)
 
 
-class AssignPerturbationSAM(SAMModel):
+class AssignPerturbationSAM(_KerasLoopSAM):
     """SAM that assigns w + ε̂ to the variables and restores w from a copy."""
 
-    def _perturbed_pass(self, x, y, sample_weight, variables, e_hat):
-        moved = [i for i, e in enumerate(e_hat) if e is not None]
-        saved = [tf.identity(variables[i].value) for i in moved]
-        for i in moved:
-            variables[i].assign_add(e_hat[i])
+    ascent_training = True
+
+    def perturbed_gradients(self, x, y, sample_weight, e_hat):
+        variables = self.trainable_variables
+        saved = [tf.identity(v.value) for v in variables]
+        for v, e in zip(variables, e_hat):
+            v.assign_add(e)
         with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            scaled_loss = self.optimizer.scale_loss(loss)
-        moved_gradients = tape.gradient(scaled_loss, [variables[i] for i in moved])
-        for i, value in zip(moved, saved):
-            variables[i].assign(value)
-        gradients = [None] * len(variables)
-        for i, g in zip(moved, moved_gradients):
-            gradients[i] = g
-        return loss, gradients
+            _, loss = self._loss(x, y, sample_weight, training=True)
+        gradients = tape.gradient(loss, variables)
+        for v, value in zip(variables, saved):
+            v.assign(value)
+        return gradients
 
 
 class UnguardedAscentSAM(SAMModel):
     """SAM with ε̂ = ρ·g / (‖g‖ + eps): one fused norm, no finiteness guards."""
 
-    def _ascent(self, gradients, variables):
+    def ascent(self, gradients, variables):
         present = [g for g in gradients if g is not None]
-        scale = self._current_rho() / (tf.linalg.global_norm(present) + self.eps)
+        scale = self.current_rho() / (tf.linalg.global_norm(present) + self.eps)
         return [None if g is None else g * scale for g in gradients]
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "created_trainable_variables",
     "distribute_strategy_if_set",
     "calling_callback_list",
+    "first_batch",
     "flatten_layers",
     "in_multi_worker_mode",
     "legacy_config_requested",
@@ -102,6 +103,18 @@ def seed_states(model: keras.Model) -> list:
         for layer in flatten_layers(model)
         for generator in getattr(layer, "_seed_generators", [])
     ]
+
+
+def first_batch(epoch_iterator):
+    """The first batch of the iterator Keras's `_maybe_symbolic_build` is given.
+
+    On TensorFlow it yields `(step, iterator)` pairs in Keras 3.10 and
+    `(begin, end, iterator)` triples from Keras 3.11: the batch iterator is
+    last in both.
+    """
+    for item in epoch_iterator:
+        return next(item[-1])
+    return None
 
 
 def legacy_config_requested() -> bool:

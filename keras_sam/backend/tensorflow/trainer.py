@@ -104,9 +104,8 @@ class Trainer:
         # `strategy.reduce("MEAN")`, which fails across workers; only its
         # shapes and dtypes are needed, so build from one replica's batch.
         if iterator is not None and internals.distribute_strategy_if_set(self) is not None:
-            for _, _, batches in iterator:
-                data_batch = replicas.first_local_value(self.distribute_strategy, next(batches))
-                break
+            batch = internals.first_batch(iterator)
+            data_batch = replicas.first_local_value(self.distribute_strategy, batch)
         return super()._maybe_symbolic_build(data_batch=data_batch)
 
     # ------------------------------------------------- the step's mechanics

@@ -75,6 +75,16 @@ def check_real(
     return value
 
 
+def check_fraction_below_one(name: str, value) -> float:
+    """Returns `value` as a float with 0 <= value < 1 (a decay), or raises."""
+    value = check_real(name, value, minimum=0.0)
+    if value >= 1.0:
+        raise InvalidArgumentError(
+            f"`{name}` must be a finite real number >= 0 and < 1. Received: {name}={value!r}."
+        )
+    return value
+
+
 def check_int(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
     """Returns `value` as an int >= `minimum` (and <= `maximum`), or raises."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -47,6 +47,8 @@ class PieceStep(NamedTuple):
         losses: the losses of the passes (for `skip_nonfinite`).
         state_update: the model state's new values (only when collected).
         variant_state: `(variable, new value)` pairs a variant keeps.
+        second_pass: whether the step took the perturbed pass (a bool, or a
+            bool tensor decided as the step runs).
     """
 
     direction: list
@@ -54,6 +56,7 @@ class PieceStep(NamedTuple):
     losses: list
     state_update: list
     variant_state: list
+    second_pass: object = True
 
 
 def piece_bounds(rows: int, pieces: int) -> list[tuple[int, int]]:
@@ -107,6 +110,7 @@ def run_pieces(
         losses=[loss for _, r in results for loss in r.losses],
         state_update=[],
         variant_state=[],
+        second_pass=not all(r.second_pass is False for _, r in results),
     )
 
 

@@ -41,8 +41,8 @@ class LookSAMModel(SAMModel):
     global batch (one more all-reduce on every step, of g_sam, zero on the
     cheap steps: costly where the interconnect is slow).
 
-    Use it when SAM's 2x cost is too much: with k=5 a step costs about 1.2x a
-    plain step.
+    Use it when SAM's two passes per step cost too much: with k=5 a step
+    takes 1 + 1/5 forward/backward passes on average.
 
     Example:
 

@@ -16,7 +16,7 @@ import keras
 
 from keras_sam import _keras_internals as internals
 from keras_sam import _validation as check
-from keras_sam import backend, batch_splits
+from keras_sam import backend, batch_splits, selection
 from keras_sam.gradient_frame import GradientFrame
 from keras_sam.gradient_math import as_dense
 from keras_sam.guard import StepGuard
@@ -76,6 +76,12 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
             statistics unchanged) and count it in the `skipped_steps` log.
             Defaults to `False`, which behaves as plain Keras.
         eps: added to the gradient norm. Defaults to `1e-12`.
+        perturb: which weights ε̂ moves (SAM-ON): `None` for all,
+            `"normalization"` for the trainable weights of the normalization
+            layers, or a callable taking a `keras.Variable` and returning a
+            bool (not savable in a `.keras` file). The norm is taken over the
+            chosen weights; every weight descends along the second gradient.
+            Defaults to `None`.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Hooks for variants: a variant (`GSAMModel`, `LookSAMModel`, ...) overrides
@@ -128,9 +134,11 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
         sync_perturbation: bool = False,
         skip_nonfinite: bool = False,
         eps: float = 1e-12,
+        perturb=None,
         **kwargs,
     ):
         check.check_base_model(base_model)
+        self.perturb = selection.check_perturb(perturb)
         rho = check.check_rho(rho)
         self._ascent_options = dict(
             p=validate_p(p),
@@ -253,7 +261,8 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
         for variable, value in step.variant_state:
             variable.assign(keras.ops.where(applied, value, variable.value))
         logs = self.get_metrics_result()
-        logs["sharpness"] = self._sharpness_tracker.result()
+        if step.second_pass is not False:  # (one-pass variants have no sharpness)
+            logs["sharpness"] = self._sharpness_tracker.result()
         if self.skip_nonfinite:
             logs["skipped_steps"] = self._skipped_steps.value
         return logs
@@ -270,7 +279,9 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
             offset=self.first_pass_offset(variables), collect_state=collect_state,
         )  # fmt: skip
         gradients = frame.to_hooks(clean.gradients)
-        second_pass = backend.replicas().any_replica(self.takes_second_pass(gradients))
+        second_pass = any(selection.chosen_weights(self.perturb, self.base_model, variables))
+        if second_pass:  # (perturbing nothing is the plain step)
+            second_pass = backend.replicas().any_replica(self.takes_second_pass(gradients))
 
         # 2. The ascent to w + ε̂, and 3. the perturbed pass there, reading the
         #    variables as w + ε̂ without assigning them (a one-pass step skips both).
@@ -289,6 +300,7 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
             losses=[clean.loss, perturbed.loss],
             state_update=clean.state_update,
             variant_state=state,
+            second_pass=second_pass,
         )
 
     def _descent(self, frame, second_pass, clean, perturbed, gradients):
@@ -318,7 +330,10 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
 
     # ---------------------------------------------------------------- hooks
     def ascent(self, gradients, variables):
-        """ε̂ from the clean gradient: SAM's, ASAM's or the p-norm ascent."""
+        """ε̂ from the clean gradient: SAM's, ASAM's or the p-norm ascent, over
+        the weights `perturb` chooses."""
+        chosen = selection.chosen_weights(self.perturb, self.base_model, variables)
+        gradients = [g if keep else None for g, keep in zip(gradients, chosen)]
         values = [v.value for v in variables] if self.adaptive else variables
         return perturbation(gradients, values, self.current_rho(), **self._ascent_options)
 
@@ -401,6 +416,12 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
     # --------------------------------------------------------------- config
     def get_config(self):
         self._check_not_legacy_hdf5()
+        if callable(self.perturb):
+            raise ValueError(
+                f"{type(self).__name__} with a callable `perturb` cannot be saved with its "
+                f"config: a function is not serializable. Received: perturb={self.perturb!r}. "
+                "Save the weights (`save_weights`), or use `perturb=\"normalization\"`."
+            )
         schedule = self._rho_schedule
         return {
             "name": self.name,
@@ -414,6 +435,7 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
             "sync_perturbation": self.sync_perturbation,
             "skip_nonfinite": self.skip_nonfinite,
             "eps": self.eps,
+            "perturb": self.perturb,
             # It decides whether `compile` wraps the optimizer in a
             # LossScaleOptimizer, also after `load_model`.
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),

@@ -25,13 +25,14 @@ import numbers
 from collections.abc import Sequence
 
 import keras
-import tensorflow as tf
 
 from keras_sam import _validation as check
 from keras_sam._validation import InvalidArgumentError
-from keras_sam.gradient_math import all_finite
+from keras_sam.gradient_math import all_finite, as_dense
 
 __all__ = ["perturbation", "validate_p"]
+
+ops = keras.ops
 
 
 def validate_p(p: float) -> float:
@@ -49,44 +50,57 @@ def validate_p(p: float) -> float:
     return value
 
 
-def _as_float32(tensor) -> tf.Tensor:
-    tensor = tf.convert_to_tensor(tensor)
-    return tensor if tensor.dtype == tf.float32 else tf.cast(tensor, tf.float32)
+def _as_float32(tensor):
+    tensor = ops.convert_to_tensor(as_dense(tensor))
+    return tensor if tensor.dtype == "float32" else ops.cast(tensor, "float32")
 
 
-def _dual_direction(
-    gradients: list[tf.Tensor], rho, p: float, eps: float
-) -> list[tf.Tensor]:
+def _is_tensor_like(value) -> bool:
+    """A tensor, or a variable of Keras or of the backend (read as is)."""
+    return ops.is_tensor(value) or isinstance(value, keras.Variable) or (
+        type(value).__name__ in ("ResourceVariable", "UninitializedVariable")
+    )
+
+
+def _sum(terms):
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def _dual_direction(gradients: list, rho, p: float, eps: float) -> list:
     """ρ times the unit dual-norm direction of float32 `gradients` (no Nones)."""
     rho = _as_float32(rho)
+    zero = ops.zeros_like(rho)
     if p == 2.0:
         # The SAM paper's rule, literally: ρ·g / (‖g‖₂ + eps).
-        norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in gradients]))
+        norm = ops.sqrt(_sum([ops.sum(ops.square(g)) for g in gradients]))
         # No ascent from a zero (or non-finite) gradient: with eps flushed to
         # zero in float32, rho / (0 + eps) * 0 would be NaN.
-        usable = tf.logical_and(tf.math.is_finite(norm), norm > 0)
-        scale = tf.where(usable, rho / (norm + eps), tf.zeros_like(norm))
+        usable = ops.logical_and(ops.isfinite(norm), norm > 0)
+        scale = ops.where(usable, rho / (norm + eps), zero)
         # Non-finite entries would turn 0 * inf into NaN: zero them when skipping.
-        return [scale * tf.where(usable, g, tf.zeros_like(g)) for g in gradients]
+        return [scale * ops.where(usable, g, ops.zeros_like(g)) for g in gradients]
     finite = all_finite(gradients)
-    gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
-    scale = tf.where(finite, rho, tf.zeros_like(rho))
+    gradients = [ops.where(finite, g, ops.zeros_like(g)) for g in gradients]
+    scale = ops.where(finite, rho, zero)
     if math.isinf(p):
-        return [scale * tf.sign(g) for g in gradients]
+        return [scale * ops.sign(g) for g in gradients]
     # ε̂ does not change when g is scaled: dividing by the largest |g| first
     # keeps |g|^q inside float32 for p near 1, and eps relative to a norm >= 1.
-    largest = tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(g)) for g in gradients]))
-    units = [tf.math.divide_no_nan(g, largest) for g in gradients]
+    largest = ops.max(ops.stack([ops.max(ops.abs(g)) for g in gradients]))
+    units = [ops.divide_no_nan(g, largest) for g in gradients]
     q_minus_1 = 1.0 / (p - 1.0)  # q - 1 where 1/p + 1/q = 1
-    magnitudes = [tf.abs(u) for u in units]
-    sum_q = tf.add_n([tf.reduce_sum(tf.pow(m, q_minus_1 + 1.0)) for m in magnitudes])
-    norm = tf.pow(sum_q, 1.0 / p)
-    scale = tf.where(norm > 0, scale / (norm + eps), tf.zeros_like(norm))  # as for p = 2
-    return [scale * tf.sign(u) * tf.pow(m, q_minus_1) for u, m in zip(units, magnitudes)]
+    magnitudes = [ops.abs(u) for u in units]
+    sum_q = _sum([ops.sum(ops.power(m, q_minus_1 + 1.0)) for m in magnitudes])
+    norm = ops.power(sum_q, 1.0 / p)
+    scale = ops.where(norm > 0, scale / (norm + eps), ops.zeros_like(norm))  # as for p = 2
+    return [scale * ops.sign(u) * ops.power(m, q_minus_1) for u, m in zip(units, magnitudes)]
 
 
 def perturbation(
-    gradients: Sequence[tf.Tensor | None],
+    gradients: Sequence,
     variables: Sequence,
     rho,
     *,
@@ -94,7 +108,7 @@ def perturbation(
     adaptive: bool = False,
     eta: float = 0.01,
     eps: float = 1e-12,
-) -> list[tf.Tensor | None]:
+) -> list:
     """Returns the SAM ascent ε̂ for each variable (None where gradient is None).
 
     Args:
@@ -116,11 +130,11 @@ def perturbation(
 
     Example:
 
-    >>> import tensorflow as tf
+    >>> import keras
     >>> from keras_sam import perturbation
-    >>> g = [tf.constant([3.0, 4.0]), None]
-    >>> e = perturbation(g, [tf.zeros(2), tf.zeros(1)], rho=0.5)
-    >>> [round(float(v), 6) for v in e[0]], e[1]
+    >>> g = [keras.ops.array([3.0, 4.0]), None]
+    >>> e = perturbation(g, [keras.ops.zeros(2), keras.ops.zeros(1)], rho=0.5)
+    >>> [round(float(v), 6) for v in keras.ops.convert_to_numpy(e[0])], e[1]
     ([0.3, 0.4], None)
 
     A custom training loop:
@@ -142,7 +156,7 @@ def perturbation(
     ```
     """
     p = validate_p(p)
-    if not (tf.is_tensor(rho) or isinstance(rho, (tf.Variable, keras.Variable))):
+    if not _is_tensor_like(rho):
         rho = check.check_rho_value(rho)
     adaptive = check.check_bool("adaptive", adaptive)
     eta = check.check_real("eta", eta, minimum=0.0)
@@ -155,18 +169,18 @@ def perturbation(
             f"{len(gradients)} gradients for {len(variables)} variables."
         )
     present = [i for i, g in enumerate(gradients) if g is not None]
-    result: list[tf.Tensor | None] = [None] * len(gradients)
+    result: list = [None] * len(gradients)
     if not present:
         return result
     grads32 = [_as_float32(gradients[i]) for i in present]
     if adaptive:
-        scales = [tf.abs(_as_float32(variables[i])) + eta for i in present]
+        scales = [ops.abs(_as_float32(variables[i])) + eta for i in present]
         grads32 = [t * g for t, g in zip(scales, grads32)]
         directions = _dual_direction(grads32, rho, p, eps)
         directions = [t * d for t, d in zip(scales, directions)]
     else:
         directions = _dual_direction(grads32, rho, p, eps)
     for i, direction in zip(present, directions):
-        dtype = tf.as_dtype(gradients[i].dtype)
-        result[i] = direction if dtype == tf.float32 else tf.cast(direction, dtype)
+        dtype = keras.backend.standardize_dtype(gradients[i].dtype)
+        result[i] = direction if dtype == "float32" else ops.cast(direction, dtype)
     return result

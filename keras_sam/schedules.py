@@ -16,7 +16,7 @@ Example:
 
 >>> from keras_sam.schedules import LatePhase
 >>> rho = LatePhase(0.05, start_step=300)
->>> [float(rho(step)) for step in (0, 299, 300)]
+>>> [round(float(rho(step)), 6) for step in (0, 299, 300)]
 [0.0, 0.0, 0.05]
 """
 

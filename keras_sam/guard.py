@@ -104,17 +104,17 @@ class GuardedStep:
             evidence += list(checked_losses)
         distributed = replicas.num_replicas() > 1
         if not guard.skip_nonfinite and not guard.loss_scaled:
-            optimizer.apply(direction, variables)
+            replicas.apply(optimizer, direction, variables)
             self.applied = keras.ops.convert_to_tensor(True)
         elif not guard.skip_nonfinite and not distributed:
             # The scaler skips (and lowers its scale) on a non-finite direction.
             direction = replicas.poison_unless(replicas.all_finite(evidence), direction)
-            optimizer.apply(direction, variables)
+            replicas.apply(optimizer, direction, variables)
             self.applied = replicas.all_finite(direction)
         else:
             finite = replicas.all_replicas_finite(list(direction) + evidence)
             if guard.loss_scaled:
-                optimizer.apply(replicas.poison_unless(finite, direction), variables)
+                replicas.apply(optimizer, replicas.poison_unless(finite, direction), variables)
             else:
                 replicas.apply_if(finite, optimizer, direction, variables)
             self.applied = finite

@@ -185,6 +185,7 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
         """ρ: a float, or the schedule given at construction."""
         if self._rho_schedule is not None:
             return self._rho_schedule
+        self._read_state()
         value = float(keras.ops.convert_to_numpy(self._rho_variable.value))
         # The float given, unless the variable changed since (e.g. restored).
         if self._rho_float is not None and check.as_float32(self._rho_float) == value:
@@ -195,6 +196,7 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
     def rho(self, value):
         value = check.check_rho(value)
         if isinstance(value, float) and self._rho_schedule is None:
+            self._read_state()  # the next step reads the variables again
             self._rho_variable.assign(value)
             self._rho_float = value
             return
@@ -396,7 +398,7 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
             return
         rows = self._batch_rows(x)
         if not isinstance(second_pass, bool):
-            rows = rows * keras.ops.cast(second_pass, rows.dtype)
+            rows = keras.ops.cast(second_pass, "int32") * keras.ops.cast(rows, "int32")
         self._sharpness_tracker.update_state(
             internals.unscale_loss_for_distribution(difference), sample_weight=rows
         )

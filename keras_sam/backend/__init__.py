@@ -15,7 +15,7 @@ import keras
 
 __all__ = ["SUPPORTED_BACKENDS", "Trainer", "name", "replicas"]
 
-SUPPORTED_BACKENDS = ("tensorflow",)
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
 
 
 def name() -> str:
@@ -26,7 +26,7 @@ def name() -> str:
 def _check_supported() -> str:
     backend = name()
     if backend not in SUPPORTED_BACKENDS:
-        raise RuntimeError(
+        raise ValueError(
             f"keras-sam does not support the {backend!r} Keras backend. Supported: "
             f"{', '.join(SUPPORTED_BACKENDS)}. Set the environment variable "
             "KERAS_BACKEND (e.g. `KERAS_BACKEND=tensorflow`) before importing Keras."

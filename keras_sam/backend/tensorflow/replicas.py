@@ -18,6 +18,7 @@ __all__ = [
     "all_reduce_sum",
     "all_replicas_finite",
     "any_replica",
+    "apply",
     "apply_if",
     "first_local_value",
     "is_multi_worker",
@@ -91,6 +92,11 @@ def poison_unless(finite: tf.Tensor, gradients: Sequence[tf.Tensor | None]) -> l
         return g * factor
 
     return [None if g is None else poisoned(g) for g in gradients]
+
+
+def apply(optimizer, gradients, variables) -> None:
+    """`optimizer.apply(gradients, variables)`."""
+    optimizer.apply(gradients, variables)
 
 
 def apply_if(finite: tf.Tensor, optimizer, gradients, variables) -> None:

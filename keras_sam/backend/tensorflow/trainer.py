@@ -108,6 +108,9 @@ class Trainer:
             data_batch = replicas.first_local_value(self.distribute_strategy, batch)
         return super()._maybe_symbolic_build(data_batch=data_batch)
 
+    def _read_state(self):
+        """Variables hold the running state on TensorFlow: nothing to do."""
+
     # ------------------------------------------------- the step's mechanics
     def _first_pass(self, x, y, sample_weight, variables, *, offset, collect_state):
         def clean_pass():

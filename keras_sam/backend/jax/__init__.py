@@ -1,0 +1,1 @@
+"""The JAX mechanics of a SAM step: `jax.value_and_grad` inside Keras's stateless step."""

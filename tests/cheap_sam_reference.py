@@ -266,6 +266,7 @@ class PolicyRun:
     means: list[float] = field(default_factory=list)
     variances: list[float] = field(default_factory=list)
     squared_norms: list[float] = field(default_factory=list)
+    replica_statistics: list[tuple[float, float]] = field(default_factory=list)
 
 
 def rst_train(
@@ -279,11 +280,14 @@ def rst_train(
     start_step: int = 0,
     eps: float = 1e-12,
     replicas: int = 1,
+    sync: bool = False,
     gradient: Gradient = mlp_loss_and_gradients,
 ) -> PolicyRun:
-    """RST: SAM (per replica) on the steps whose draw is below p(t), else plain.
+    """RST: SAM on the steps whose draw is below p(t), else plain.
 
     `start_step` is the optimizer's iteration count before the first batch.
+    With `replicas` > 1 each replica climbs along its own share's ε̂ (with
+    `sync`, along the summed shares').
     """
     schedule = probability if callable(probability) else constant(probability)
     params = _float64(params)
@@ -293,7 +297,7 @@ def rst_train(
         sam = u < p and rho > 0
         if sam:
             direction = sam_direction(params, x, y, rho, eps=eps, replicas=replicas,
-                                      gradient=gradient)
+                                      sync=sync, gradient=gradient)
         else:
             direction = plain_direction(params, x, y, replicas=replicas, gradient=gradient)
         params = optimizer.apply(params, direction)
@@ -317,34 +321,55 @@ def aesam_train(
     variance: float = 1e-10,
     start_step: int = 0,
     replicas: int = 1,
+    sync: bool = False,
     gradient: Gradient = mlp_loss_and_gradients,
 ) -> PolicyRun:
-    """AE-SAM on one device (or synced: s of the global batch's gradient).
+    """AE-SAM, one optimizer step per batch.
 
     `mean`, `variance` and `start_step` are the state before the first batch.
+    With `replicas` > 1 each replica keeps the statistics of its own share's
+    s and a step is a SAM step on every replica if it is one on any (each
+    replica climbing along its own share's ε̂); with `sync`, one set of
+    statistics of the summed shares' s (the global batch's) and one ε̂. The
+    run's `means`, `variances` and `squared_norms` are replica 0's (with
+    `sync`, the global ones), `margins` the smallest over replicas, and
+    `replica_statistics` each replica's final (μ, σ²).
     """
     schedule = threshold if callable(threshold) else constant(threshold)
     params = _float64(params)
+    keeps = 1 if sync else replicas
+    means, variances = [mean] * keeps, [variance] * keeps
     run = PolicyRun()
     for t, (x, y) in enumerate(batches, start=start_step):
-        g = plain_direction(params, x, y, replicas=replicas, gradient=gradient)
-        s = norm(g) ** 2
-        mean = decay * mean + (1 - decay) * s
-        variance = decay * variance + (1 - decay) * (s - mean) ** 2
-        bar = mean + schedule(t) * np.sqrt(variance)
-        sam = s >= bar and rho > 0
+        pieces = shards(x, y, replicas)
+        clean = [share_gradient(gradient, params, xs, ys, replicas)[1] for xs, ys in pieces]
+        if sync:
+            summed = _zeros(params)
+            for g in clean:
+                summed = _add(summed, g)
+            clean = [summed]
+        votes, margins, squared = [], [], []
+        for r, g in enumerate(clean):
+            s = norm(g) ** 2
+            means[r] = decay * means[r] + (1 - decay) * s
+            variances[r] = decay * variances[r] + (1 - decay) * (s - means[r]) ** 2
+            bar = means[r] + schedule(t) * np.sqrt(variances[r])
+            votes.append(s >= bar)
+            margins.append(abs(s - bar) / s)
+            squared.append(s)
+        sam = any(votes) and rho > 0
         if sam:
             direction = sam_direction(params, x, y, rho, eps=eps, replicas=replicas,
-                                      sync=True, gradient=gradient)
+                                      sync=sync, gradient=gradient)
         else:
-            direction = g
+            direction = plain_direction(params, x, y, replicas=replicas, gradient=gradient)
         params = optimizer.apply(params, direction)
         run.weights.append(params)
         run.sam_steps.append(bool(sam))
         run.passes.append(2 if sam else 1)
-        run.margins.append(abs(s - bar) / s)
-        run.means.append(mean)
-        run.variances.append(variance)
-        run.squared_norms.append(s)
+        run.margins.append(min(margins))
+        run.means.append(means[0])
+        run.variances.append(variances[0])
+        run.squared_norms.append(squared[0])
+    run.replica_statistics = list(zip(means, variances))
     return run
-

@@ -305,6 +305,44 @@ def test_one_pass_per_step_at_the_perturbed_point_with_batchnorm_metrics_and_los
     assert int(model.optimizer.iterations.numpy()) == 4
 
 
+def test_a_skipped_step_leaves_v():
+    """With skip_nonfinite a step whose loss is NaN is skipped: v (and the
+    weights) stay, and training goes on as if that batch never came."""
+    keras.utils.set_random_seed(0)
+    model = _compile(MSAMModel(_base(), rho=RHO, momentum=MSAM_MOMENTUM, skip_nonfinite=True))
+    poisoned = X[BATCH:2 * BATCH].copy()
+    poisoned[0, 0] = np.nan
+    x = np.concatenate([X[:BATCH], poisoned, X[2 * BATCH:4 * BATCH]])
+    trajectory = _Trajectory()
+    logs = model.fit(x, Y[:4 * BATCH], batch_size=BATCH, shuffle=False, verbose=0,
+                     callbacks=[trajectory]).history
+    assert logs["skipped_steps"] == [1]
+    assert int(model.optimizer.iterations.numpy()) == 3
+    _assert_bitwise(trajectory.velocities[1], trajectory.velocities[0], "v over the skip")
+    _assert_bitwise(trajectory.weights[1], trajectory.weights[0], "weights over the skip")
+    batches = [_batches(0, 1)[0], *_batches(2, 4)]
+    expected = ref.msam_train(INITIAL_WEIGHTS, batches, OPTIMIZERS["sgd"][1](), rho=RHO,
+                              momentum=MSAM_MOMENTUM)
+    _assert_close(trajectory.weights[-1], expected.weights[-1])
+    _assert_close(trajectory.velocities[-1], expected.velocities[-1][0])
+
+
+def test_v_is_the_unscaled_gradients_under_a_loss_scale():
+    """With a loss scale factor the gradients a pass takes are scaled; v holds
+    the loss's own (as the rule says), and the run is the unscaled one."""
+    keras.utils.set_random_seed(0)
+    model = MSAMModel(_base(), rho=RHO, momentum=MSAM_MOMENTUM)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9, loss_scale_factor=1024.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    trajectory = _Trajectory()
+    _fit(model, 0, STEPS, [trajectory])
+    expected = _reference("sgd")
+    _assert_close(trajectory.weights[-1], expected.weights[-1])
+    _assert_close(trajectory.velocities[-1], expected.velocities[-1][0])
+
+
 def test_logs_have_no_sharpness():
     model = _compile(MSAMModel(_base(), rho=RHO), metrics=["accuracy"])
     history = _fit(model, 0, 2, epochs=2).history
@@ -476,7 +514,7 @@ def _mirrored_reference(results, replicas, sync):
     batches = [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
     return ref.msam_train(
         results["initial"], batches, ref.SGD(results["learning_rate"], results["sgd_momentum"]),
-        rho=results["msam"]["rho"], momentum=results["msam"]["momentum"],
+        **results["settings"]["msam"],
         replicas=replicas, sync=sync,
     )
 

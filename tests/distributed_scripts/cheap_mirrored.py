@@ -19,7 +19,8 @@ forward passes of each replica (`tf.py_function` with the replica's id).
 
 For each run the JSON holds every replica's final trainable weights, whether
 the replicas agreed bit for bit after every step, each step's passes per
-replica, the fit logs and, for MSAM, every replica's v. A run that raised
+replica, the fit logs and, for MSAM, every replica's v; `settings` holds each
+model's arguments. A run that raised
 holds `{"raised": traceback}`. Nothing is asserted here.
 """
 
@@ -156,7 +157,7 @@ def main(mode: str, out_path: str) -> None:
     results = {
         "x": x.tolist(), "y": y.tolist(), "initial": [w.tolist() for w in initial],
         "global_batch": GLOBAL_BATCH, "learning_rate": LEARNING_RATE,
-        "sgd_momentum": SGD_MOMENTUM, **SETTINGS,
+        "sgd_momentum": SGD_MOMENTUM, "settings": SETTINGS,
     }
     if mode == "msam":
         msam = SETTINGS["msam"]

@@ -305,6 +305,40 @@ def test_one_pass_per_step_at_the_perturbed_point_with_batchnorm_metrics_and_los
     assert int(model.optimizer.iterations.numpy()) == 4
 
 
+class _Subclassed(keras.Model):
+    """Dense(8, tanh) → Dense(3) as users subclass it: weights made on the first call."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="tanh")
+        self.head = keras.layers.Dense(3)
+
+    def call(self, inputs):
+        return self.head(self.hidden(inputs))
+
+
+@pytest.mark.parametrize("first", ["call", "predict", "evaluate"])
+def test_a_subclassed_base_used_before_fit_trains_as_the_reference(first):
+    """A subclassed base is built by its first call; here the wrapper is called
+    (or predicts, or evaluates: e.g. the untrained model's score) before
+    `fit`, and the weights are then set. v must still be created and the run
+    be MSAM's."""
+    model = _compile(MSAMModel(_Subclassed(), rho=RHO, momentum=MSAM_MOMENTUM))
+    x, y = _batches(0, 1)[0]
+    if first == "call":
+        model(x)
+    elif first == "predict":
+        model.predict(x, verbose=0)
+    else:
+        model.evaluate(x, y, verbose=0)
+    model.base_model.set_weights(INITIAL_WEIGHTS)
+    trajectory = _Trajectory()
+    _fit(model, 0, STEPS, [trajectory])
+    expected = _reference("sgd")
+    _assert_close(trajectory.weights[-1], expected.weights[-1])
+    _assert_close(trajectory.velocities[-1], expected.velocities[-1][0])
+
+
 def test_a_skipped_step_leaves_v():
     """With skip_nonfinite a step whose loss is NaN is skipped: v (and the
     weights) stay, and training goes on as if that batch never came."""

@@ -591,3 +591,17 @@ def test_mirrored_sync_perturbation_equals_one_device_on_the_global_batch(mirror
         assert np.array_equal(copies[0], copies[1])  # one v, on every replica
         _assert_close([np.asarray(copies[0])], [v], rtol=1e-4, what="synced v")
     assert run["passes"] == [[1, 1]] * len(expected.weights)
+
+
+@pytest.mark.slow
+def test_mirrored_resume_from_a_weights_file_restores_each_replicas_v(mirrored):
+    """v is saved with the model; under MirroredStrategy each replica keeps its
+    own. 2 steps, `save_weights`, a fresh model `load_weights`, 2 steps: every
+    replica's v comes back as it was saved, and the run is the uninterrupted
+    one."""
+    resumed, uninterrupted = _run(mirrored, "per_replica_resumed"), _run(mirrored, "per_replica")
+    for saved, loaded in zip(resumed["saved_velocity"], resumed["loaded_velocity"]):
+        assert not np.array_equal(saved[0], saved[1])  # the replicas' v differ
+        for r in range(2):
+            np.testing.assert_array_equal(loaded[r], saved[r], err_msg=f"replica {r}'s v")
+    _assert_close(_replica(resumed, 0), _replica(uninterrupted, 0), what="resumed run")

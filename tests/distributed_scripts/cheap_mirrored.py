@@ -12,7 +12,10 @@ steps, SGD with momentum). A layer between the two counts, at run time, the
 forward passes of each replica (`tf.py_function` with the replica's id).
 
 - "msam": `per_replica` and `sync` (`sync_perturbation=True`) under
-  MirroredStrategy, and `one_device` (the global batch on one device);
+  MirroredStrategy, `one_device` (the global batch on one device), and
+  `per_replica_resumed`: 2 steps under MirroredStrategy, `save_weights`, a
+  fresh model `load_weights`, 2 more steps (each replica's v as saved, as
+  loaded, and the final weights);
 - "policies": `rst` (RandomizedSAMModel) and `aesam` (AESAMModel, each
   replica its own statistics) under MirroredStrategy, `aesam_sync`
   (`sync_perturbation=True`) and `aesam_one_device`.
@@ -148,9 +151,42 @@ def main(mode: str, out_path: str) -> None:
                                     for v in statistics}
         return result
 
-    def recorded(*args, **kwargs):
+    def resumed(strategy, model_class, **options):
+        """Half the steps, `save_weights`, a fresh model `load_weights`, the rest."""
+        local = strategy.experimental_local_results
+
+        def velocity(model):
+            return [[t.numpy().tolist() for t in local(v.value)]
+                    for v in model.non_trainable_variables if v.name == "msam_v"]
+
+        def fresh():
+            with strategy.scope():
+                model = model_class(mlp(), **options)
+                model.compile(
+                    optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=SGD_MOMENTUM),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                )
+            return model
+
+        half = GLOBAL_BATCH * STEPS // 2
+        first = fresh()
+        first.fit(x[:half], y[:half], batch_size=GLOBAL_BATCH, shuffle=False, verbose=0)
+        path = os.path.join(os.path.dirname(os.path.abspath(out_path)), "resume.weights.h5")
+        first.save_weights(path)
+        second = fresh()
+        second.load_weights(path)
+        loaded_velocity = velocity(second)
+        second.fit(x[half:], y[half:], batch_size=GLOBAL_BATCH, shuffle=False, verbose=0)
+        return {
+            "saved_velocity": velocity(first),
+            "loaded_velocity": loaded_velocity,
+            "weights": [[t.numpy().tolist() for t in local(v.value)]
+                        for v in second.trainable_variables],
+        }
+
+    def recorded(*args, run=None, **kwargs):
         try:
-            return train(*args, **kwargs)
+            return (run or train)(*args, **kwargs)
         except Exception:
             return {"raised": traceback.format_exc()}
 
@@ -164,6 +200,7 @@ def main(mode: str, out_path: str) -> None:
         results["per_replica"] = recorded(mirrored, MSAMModel, **msam)
         results["sync"] = recorded(mirrored, MSAMModel, sync_perturbation=True, **msam)
         results["one_device"] = recorded(one_device, MSAMModel, **msam)
+        results["per_replica_resumed"] = recorded(mirrored, MSAMModel, run=resumed, **msam)
     elif mode == "policies":
         aesam = SETTINGS["aesam"]
         results["rst"] = recorded(mirrored, RandomizedSAMModel, **SETTINGS["rst"])

@@ -31,6 +31,8 @@ from keras_sam import AESAMModel, RandomizedSAMModel, SAMModel
 from keras_sam.rst import uniform_draw
 from keras_sam.schedules import Linear
 
+import variant_reference
+
 BATCH = 10
 STEPS = 8
 LEARNING_RATE, SGD_MOMENTUM = 0.1, 0.9
@@ -243,6 +245,27 @@ def test_rst_golden_cases_are_distinguishable():
                               probability=probability, seed=1).weights[-1]
         gap = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(mixed, other))
         assert gap > 100 * RTOL, (probability, gap)
+
+
+def test_rst_with_batch_splits_takes_m_sharpness_sam_steps():
+    """RST takes every SAMModel option: with num_batch_splits=2 a SAM step is
+    m-sharpness SAM (`variant_reference`), a plain step the batch gradient;
+    each of the two pieces takes 2 passes on a SAM step and 1 on a plain one."""
+    split = variant_reference.Variant("sam", rho=RHO, num_batch_splits=2)
+    trained = _train(lambda b: RandomizedSAMModel(b, rho=RHO, num_batch_splits=2,
+                                                  **RST_CASES["p0.5"]))
+    decisions = _rst_reference("p0.5").sam_steps
+    params = [np.asarray(w, np.float64) for w in INITIAL_WEIGHTS]
+    optimizer = _sgd()
+    for sam, (x, y) in zip(decisions, _batches(0, STEPS)):
+        if sam:
+            direction = variant_reference.descent_direction(
+                split, params, x, y, variant_reference.LookSAMState())
+        else:
+            direction = variant_reference.mlp_loss_and_gradients(params, x, y)[1]
+        params = optimizer.apply(params, direction)
+    assert trained.passes == [4 if sam else 2 for sam in decisions]
+    _assert_close(trained.weights[-1], params)
 
 
 def test_rst_probability_one_is_sam_bit_for_bit():

@@ -21,21 +21,24 @@ from keras_sam.sam_model import SAMModel
 
 __version__ = "0.1.0"
 
-# Imported on first use: they bring in tensorflow_datasets and matplotlib.
-_LAZY_SUBMODULES = ("data", "demo", "train")
+# The applications (`keras-sam demo` and `train`, and their data) live in
+# `keras_sam.apps`, apart from the library; `import keras_sam` imports none of
+# their dependencies (tensorflow_datasets, matplotlib, mnist1d).
+_MOVED_TO_APPS = ("data", "demo", "train")
 
 
 def __getattr__(name: str):
-    """`keras_sam.train`, `keras_sam.demo` and `keras_sam.data` without an import of their own.
+    """Says where the applications went when `keras_sam.train` and the like are asked for.
 
     >>> import keras_sam
-    >>> callable(keras_sam.train.select_strategy)
-    True
+    >>> keras_sam.train
+    Traceback (most recent call last):
+    AttributeError: module 'keras_sam' has no attribute 'train': it moved to keras_sam.apps.train
     """
-    if name in _LAZY_SUBMODULES:
-        import importlib
-
-        return importlib.import_module(f"keras_sam.{name}")
+    if name in _MOVED_TO_APPS:
+        raise AttributeError(
+            f"module 'keras_sam' has no attribute {name!r}: it moved to keras_sam.apps.{name}"
+        )
     raise AttributeError(f"module 'keras_sam' has no attribute {name!r}")
 
 __all__ = [

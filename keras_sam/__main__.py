@@ -2,7 +2,7 @@
 
 import sys
 
-from keras_sam.cli import main
+from keras_sam.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

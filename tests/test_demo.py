@@ -10,6 +10,9 @@ tests/test_demo_claim.py (slow). Here:
 - both runs start from the same weights and see the same batches: trained by
   `train_run`, the base optimizer and SAM with rho=0 (which is the base step)
   end at the same weights; with a different batch order they do not;
+- the methods come from a registry whose `passes_per_step` is what a
+  training step really costs (counted), and each row carries it with the
+  training time;
 - `keras-sam demo --quick` writes a JSON table and a PNG figure that agree
   with what Keras recorded during training.
 """
@@ -25,9 +28,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sam.cli import main
-from keras_sam.data.mnist1d import load_mnist1d, load_noisy_mnist1d, symmetric_label_noise
-from keras_sam.demo import DemoSettings, seeded_batches, starting_weights, train_run
+from keras_sam import InvalidArgumentError
+from keras_sam.apps import demo
+from keras_sam.apps.cli import main
+from keras_sam.apps.data.mnist1d import load_mnist1d, load_noisy_mnist1d, symmetric_label_noise
+from keras_sam.apps.demo import (
+    METHODS,
+    DemoMethod,
+    DemoSettings,
+    register_method,
+    seeded_batches,
+    starting_weights,
+    train_run,
+)
 
 
 # ------------------------------------------------------------------ label noise
@@ -133,7 +146,7 @@ def test_seeded_batches_repeat_the_same_order_and_cover_each_epoch():
 
     def epochs_of(seed):
         batches = [
-            b.numpy().tolist() for _, b in seeded_batches(x, y, batch_size=4, epochs=3, seed=seed)
+            b.tolist() for _, b in seeded_batches(x, y, batch_size=4, epochs=3, seed=seed)
         ]
         assert [len(b) for b in batches] == [4, 4, 2] * 3
         return [sum(batches[i : i + 3], []) for i in range(0, 9, 3)]
@@ -143,6 +156,16 @@ def test_seeded_batches_repeat_the_same_order_and_cover_each_epoch():
     assert all(sorted(epoch) == list(range(10)) for epoch in epochs)
     assert epochs[0] != epochs[1]  # reshuffled every epoch
     assert epochs != epochs_of(8)
+
+
+def test_seeded_batches_are_numpy_arrays_of_the_given_rows():
+    """Backend-neutral batches: NumPy rows of x and y, dtypes kept."""
+    x = np.arange(20, dtype="float32").reshape(10, 2, 1)
+    y = np.arange(10, dtype="int32")
+    for bx, by in seeded_batches(x, y, batch_size=4, epochs=2, seed=3):
+        assert isinstance(bx, np.ndarray) and isinstance(by, np.ndarray)
+        assert bx.dtype == np.float32 and by.dtype == np.int32
+        np.testing.assert_array_equal(bx, x[by])
 
 
 def test_base_and_sam_with_rho_zero_train_to_the_same_weights():
@@ -196,6 +219,76 @@ def test_one_epoch_per_call_trains_to_the_same_weights_as_one_step_per_call(
     assert per_epoch_history == per_step_history
 
 
+# ------------------------------------------------------------ the methods
+@pytest.mark.parametrize("name", ["base", "sam"])
+def test_passes_per_step_is_what_a_step_costs(name, monkeypatch):
+    """The registry's `passes_per_step` against a count: the network's
+    training-mode forward passes per step, run eagerly so that each pass is a
+    Python call (in a compiled step it would be counted once, at tracing)."""
+    calls = []
+    original_call = keras.Sequential.call
+
+    def counting_call(model, inputs, training=None, **kwargs):
+        if training:
+            calls.append(model.name)
+        return original_call(model, inputs, training=training, **kwargs)
+
+    monkeypatch.setattr(keras.Sequential, "call", counting_call)
+    settings = DemoSettings(epochs=1, batch_size=16, verbose=0)
+    network = keras.Sequential(
+        [keras.Input((40, 1)), keras.layers.Flatten(), keras.layers.Dense(10)], name="network"
+    )
+    trainer = METHODS[name].build(network, settings)
+    trainer.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        run_eagerly=True,
+    )
+    x = np.random.default_rng(0).normal(size=(48, 40, 1)).astype("float32")
+    y = np.arange(48, dtype="int32") % 10
+    trainer.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    steps = 3
+    assert calls.count("network") == METHODS[name].passes_per_step * steps
+
+
+def test_the_registry_takes_new_methods_and_checks_them():
+    assert list(METHODS) == ["base", "sam"]
+    assert [METHODS[m].passes_per_step for m in METHODS] == [1, 2]
+    with pytest.raises(InvalidArgumentError, match="passes_per_step"):
+        register_method(
+            DemoMethod("free", 0, build=lambda network, settings: network, label=str)
+        )
+    with pytest.raises(InvalidArgumentError, match="`method` must be one of base, sam"):
+        train_run("msam", [], (None, None), (None, None), DemoSettings(), seed=0)
+    with pytest.raises(InvalidArgumentError, match="`methods`"):
+        DemoSettings(methods=("base", "msam"))
+    assert "free" not in METHODS
+
+
+def test_a_registered_method_is_trained_and_reported(tmp_path, monkeypatch, capsys):
+    """A method added to the registry trains like the others (same start,
+    same batches) and gets its row, its passes per step and its time."""
+    monkeypatch.setitem(
+        METHODS,
+        "twice",  # the base step, declared at double cost: only the bookkeeping differs
+        DemoMethod(
+            "twice", 2, build=lambda network, settings: network, label=lambda s: "twice"
+        ),
+    )
+    settings = DemoSettings(
+        methods=("base", "twice"), verbose=0, epochs=2, num_samples=200,
+        hessian_iterations=2, landscape_points=3,
+    )
+    rows = demo.run_demo(settings, seeds=[0], out=tmp_path)
+    assert [row["method"] for row in rows] == ["base", "twice"]
+    assert [row["passes_per_step"] for row in rows] == [1, 2]
+    assert rows[0]["test_accuracy_per_epoch"] == rows[1]["test_accuracy_per_epoch"]
+    assert rows[0]["train_loss"] == rows[1]["train_loss"]
+    assert all(row["seconds"] > 0 and row["rho"] == 0.0 for row in rows)
+    table = capsys.readouterr().out
+    assert "passes/step" in table and "twice" in table
+
+
 # -------------------------------------------------------------- the quick run
 class _Records(logging.Handler):
     def __init__(self):
@@ -229,9 +322,12 @@ def test_quick_demo_writes_table_and_figure(tmp_path, capsys):
         # weights and the same clean test set.
         assert len(row["test_accuracy_per_epoch"]) == quick_epochs
         assert row["test_accuracy"] == pytest.approx(row["test_accuracy_per_epoch"][-1], abs=1e-6)
+        assert isinstance(row["seconds"], float) and row["seconds"] > 0
     assert rows[0]["rho"] == 0.0 and rows[1]["rho"] == 0.2
+    assert [row["passes_per_step"] for row in rows] == [1, 2]
     printed = capsys.readouterr().out
     assert "clean test acc" in printed and "SAM(rho=0.2) + sgd" in printed
+    assert "passes/step" in printed and "train time" in printed
 
     figure = out / "sam_vs_base_seed0.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

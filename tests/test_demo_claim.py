@@ -2,7 +2,7 @@
 
 import pytest
 
-from keras_sam.demo import DemoSettings, run_demo
+from keras_sam.apps.demo import DemoSettings, run_demo
 
 
 @pytest.mark.slow

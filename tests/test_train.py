@@ -24,13 +24,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import keras_sam
-from keras_sam import cli
-from keras_sam import train as train_module
 from keras_sam._validation import InvalidArgumentError
-from keras_sam.data import tfds_images
-from keras_sam.data.tfds_images import load_image_dataset, symmetric_label_noise
+from keras_sam.apps import cli
+from keras_sam.apps import train as train_module
+from keras_sam.apps.data import tfds_images
+from keras_sam.apps.data.tfds_images import load_image_dataset, symmetric_label_noise
+from keras_sam.apps.train import TrainConfig, main, train
 from keras_sam.models.resnet import get_model
-from keras_sam.train import TrainConfig, main, train
 
 TINY = dict(max_examples=16, batch_size=8, epochs=1, verbose=0)
 
@@ -179,28 +179,42 @@ class _CrashAtFirstBatch(keras.callbacks.Callback):
         raise RuntimeError("out of memory (simulated)")
 
 
-def test_a_run_that_died_in_its_first_epoch_can_be_retried_with_other_settings(tmp_path):
-    """Nothing was backed up yet, so there is nothing to resume or protect."""
+def test_a_run_that_died_in_its_first_epoch_can_be_retried_with_other_settings(
+    tmp_path, monkeypatch
+):
+    """Nothing was backed up yet, so there is nothing to resume or protect;
+    once an epoch is, another run's settings are refused before any data."""
     config = TrainConfig(
         model="resnet8", sam="sam", out=tmp_path, export=False, test_split=None,
-        steps_per_epoch=1, **TINY
+        steps_per_epoch=1, mixed_precision=True, **TINY
     )
     with pytest.raises(RuntimeError, match="simulated"):
         train(config, callbacks=[_CrashAtFirstBatch()])
     backup = tmp_path / "backup"
     assert (backup / "settings.json").exists()
     assert not (backup / "training_metadata.json").exists()
-    smaller = dataclasses.replace(config, batch_size=4).validated()
-    train_module._check_resumable(smaller, backup, "float32")  # no error
-    # Once an epoch is backed up, the same change is refused.
+    # A retry with a smaller batch is accepted: it trains (and dies again).
+    smaller = dataclasses.replace(config, batch_size=4)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(smaller, callbacks=[_CrashAtFirstBatch()])
+    assert json.loads((backup / "settings.json").read_text())["batch_size"] == 4
+
+    # Once an epoch is backed up, another batch size is refused.
     (backup / "training_metadata.json").write_text("{}")
-    with pytest.raises(InvalidArgumentError, match="batch_size=8 there, 4 now"):
-        train_module._check_resumable(smaller, backup, "float32")
-    # So is other hardware's mixed precision (float16 and a loss scaler on a GPU).
-    same = config.validated()
-    train_module._check_resumable(same, backup, "float32")
-    with pytest.raises(InvalidArgumentError, match="dtype_policy='float32' there"):
-        train_module._check_resumable(same, backup, "mixed_float16")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr(tfds_images, "load_image_dataset", no_data)
+    with pytest.raises(InvalidArgumentError, match="batch_size=4 there, 8 now"):
+        train(config)
+    # So is other hardware's mixed precision (float16 and a loss scaler on a
+    # GPU against bfloat16 on this CPU), with the same settings.
+    monkeypatch.setattr(train_module, "mixed_precision_policy", lambda strategy: "mixed_float16")
+    with pytest.raises(
+        InvalidArgumentError, match="dtype_policy='mixed_bfloat16' there, 'mixed_float16' now"
+    ):
+        train(smaller)
 
 
 def test_cli_main_trains_and_writes(tmp_path, capsys):
@@ -264,11 +278,16 @@ def test_missing_variant_is_a_clear_error(tmp_path, monkeypatch, capsys):
         ({"rho": -0.1}, "`rho`"),
         ({"batch_size": 32}, "fewer than one batch"),
         ({"strategy": "tpu"}, "found no TPU"),
-        ({"momentum": 1.0}, r"`momentum` must be in \[0, 1\)"),
+        ({"momentum": 1.0}, "`momentum` must be a finite real number >= 0 and < 1"),
         ({"dropout": 0.3}, "only for Wide ResNets"),
-        ({"model": "wrn16_1", "dropout": 1.0}, r"`dropout` must be in \[0, 1\)"),
+        ({"model": "wrn16_1", "dropout": 1.0}, "`dropout` must be a finite real number >= 0 "),
         ({"shortcut": "C"}, "`shortcut` must be one of A, B"),
         ({"alpha": 0.3}, "`alpha` is only for `--sam gsam` and `--sam looksam`"),
+        ({"sam": "none", "rho": 0.3}, "`rho` is only for the SAM methods"),
+        ({"sam": "asam", "looksam_k": 2}, "`looksam_k` is only for `--sam looksam`"),
+        ({"batch_size": 2.5}, "`batch_size` must be an integer >= 1"),
+        ({"flip": "yes"}, "`flip` must be True or False"),
+        ({"data_dir": "/nonexistent/tfds"}, "`data_dir` must be an existing directory"),
         ({"sam": "gsam", "alpha": -1.0}, "`alpha` must be a finite real number >= 0"),
         ({"seed": 2**32}, "`seed` must be an integer >= 0 and <= 4294967295"),
         ({"model": "resnet21"}, "`model` must be one of"),
@@ -284,49 +303,73 @@ def test_bad_settings_raise_before_training(tmp_path, change, message):
 # One-line errors of `keras-sam train`: (arguments, what the line must contain).
 # "{file}" is an existing regular file.
 BAD_TRAIN_ARGUMENTS = [
-    (["--momentum", "-1"], ["argument --momentum: must be in [0, 1), got -1"]),
-    (["--momentum", "1"], ["argument --momentum: must be in [0, 1), got 1"]),
+    # Values: the library's checks (keras_sam._validation) give the reasons.
+    (["--momentum", "-1"], ["argument --momentum: `momentum` must be a finite real number >= 0 "
+                            "and < 1. Received: momentum=-1.0."]),
+    (["--momentum", "1"], ["argument --momentum: `momentum` must be a finite real number >= 0 "
+                           "and < 1. Received: momentum=1.0."]),
     (["--dataset", "not_a_dataset"], ["`dataset` 'not_a_dataset' is not a TFDS dataset",
                                       "dataset='not_a_dataset'"]),
     (["--dataset", "cifar-10"], ["`dataset` 'cifar-10' cannot be loaded", "did you mean cifar10"]),
     (["--dataset", "cifar10/nope"], ["`dataset` 'cifar10/nope' cannot be loaded",
                                      "BuilderConfig nope not found", "dataset='cifar10/nope'"]),
-    (["--model", "resnet21"], ["`model` must be one of", "model='resnet21'"]),
+    (["--model", "resnet21"], ["argument --model: `model` must be one of", "model='resnet21'"]),
     (["--model", "wrn16_0"], ["`model` must be one of", "model='wrn16_0'"]),
     (["--model", "vgg16"], ["`model` must be one of", "model='vgg16'"]),
+    (["--alpha", "-1", "--sam", "gsam"], ["argument --alpha: `alpha` must be a finite real number "
+                                          ">= 0.0 and <= 10000.0. Received: alpha=-1.0."]),
+    (["--alpha", "1e5", "--sam", "looksam"], ["argument --alpha: `alpha` must be",
+                                              "Received: alpha=100000.0."]),
+    (["--rho", "-0.1"], ["argument --rho: `rho` must be a finite real number >= 0.0 and "
+                         "<= 10000.0. Received: rho=-0.1."]),
+    (["--rho", "3e38"], ["argument --rho: `rho` must be", "Received: rho=3e+38."]),
+    (["--rho", "nan"], ["argument --rho: `rho` must be a finite real", "Received: rho=nan."]),
+    (["--rho", "inf"], ["argument --rho: `rho` must be a finite real", "Received: rho=inf."]),
+    (["--rho", "lots"], ["argument --rho: expected a number, got 'lots'"]),
+    (["--lr", "0"], ["argument --lr: `lr` must be a finite real number > 0.0", "lr=0.0."]),
+    (["--weight-decay", "-0.0005"], ["argument --weight-decay: `weight_decay` must be a finite "
+                                     "real number >= 0.0", "Received: weight_decay=-0.0005."]),
+    (["--warmup-epochs", "-1"], ["argument --warmup-epochs: `warmup_epochs` must be a finite real "
+                                 "number >= 0.0", "Received: warmup_epochs=-1.0."]),
+    (["--epochs", "0"], ["argument --epochs: `epochs` must be an integer >= 1. Received: "
+                         "epochs=0."]),
+    (["--epochs", "2.5"], ["argument --epochs: expected an integer, got '2.5'"]),
+    (["--batch-size", "0"], ["argument --batch-size: `batch_size` must be an integer >= 1. "
+                             "Received: batch_size=0."]),
+    (["--seed", "-1"], ["argument --seed: `seed` must be an integer >= 0 and <= 4294967295. "
+                        "Received: seed=-1."]),
+    (["--dropout", "1", "--model", "wrn16_1"], ["argument --dropout: `dropout` must be a finite "
+                                                "real number >= 0 and < 1.", "dropout=1.0."]),
+    # Options that do not apply to the chosen method or model: refused, not ignored.
     (["--alpha", "0.3", "--sam", "sam"], ["`alpha` is only for `--sam gsam` and `--sam looksam`",
                                           "sam='sam', alpha=0.3"]),
     (["--alpha", "0.3", "--sam", "none"], ["`alpha` is only for", "sam='none', alpha=0.3"]),
-    (["--alpha", "-1", "--sam", "gsam"], ["argument --alpha: must be in [0, 10000], got -1"]),
-    (["--alpha", "1e5", "--sam", "looksam"], ["argument --alpha: must be in [0, 10000], got 1e5"]),
+    (["--rho", "0.5", "--sam", "none"], ["`rho` is only for the SAM methods",
+                                         "sam='none', rho=0.5"]),
     (["--looksam-k", "3", "--sam", "gsam"], ["`looksam_k` is only for `--sam looksam`",
                                              "sam='gsam', looksam_k=3"]),
-    (["--rho", "-0.1"], ["argument --rho: must be in [0, 10000], got -0.1"]),
-    (["--rho", "3e38"], ["argument --rho: must be in [0, 10000], got 3e38"]),
-    (["--rho", "nan"], ["argument --rho: expected a finite number, got 'nan'"]),
-    (["--rho", "inf"], ["argument --rho: expected a finite number, got 'inf'"]),
-    (["--lr", "0"], ["argument --lr: must be > 0, got 0"]),
-    (["--weight-decay", "-0.0005"], ["argument --weight-decay: must be >= 0, got -0.0005"]),
-    (["--warmup-epochs", "-1"], ["argument --warmup-epochs: must be >= 0, got -1"]),
-    (["--epochs", "0"], ["argument --epochs: must be an integer >= 1, got 0"]),
-    (["--batch-size", "0"], ["argument --batch-size: must be an integer >= 1, got 0"]),
-    (["--seed", "-1"], ["argument --seed: must be an integer in [0, 4294967295], got -1"]),
-    (["--dropout", "1", "--model", "wrn16_1"], ["argument --dropout: must be in [0, 1), got 1"]),
     (["--dropout", "0.3"], ["`dropout` is only for Wide ResNets", "dropout=0.3"]),
-    (["--out", "{file}"], ["argument --out: '{file}' exists and is not a directory"]),
-    (["--out", "{file}/run"], ["argument --out: '{file}' is not a directory, so '{file}/run'"]),
+    # Paths.
+    (["--out", "{file}"], ["argument --out: `out` cannot be a directory: '{file}' exists and is "
+                           "not a directory"]),
+    (["--out", "{file}/run"], ["argument --out: `out` cannot be a directory: '{file}' is not a "
+                               "directory, so '{file}/run'"]),
+    (["--data-dir", "{file}"], ["argument --data-dir: `data_dir` must be an existing directory: "
+                                "'{file}' is not a directory"]),
+    (["--data-dir", "{file}/tfds"], ["argument --data-dir: `data_dir` must be an existing "
+                                     "directory: '{file}/tfds' does not exist"]),
 ]
 
 
 @pytest.mark.parametrize("arguments, expected", BAD_TRAIN_ARGUMENTS)
-@pytest.mark.parametrize("entry", ["keras-sam", "python -m keras_sam.train"])
+@pytest.mark.parametrize("entry", ["keras-sam", "python -m keras_sam.apps.train"])
 def test_bad_train_arguments_are_one_line_before_any_data(
     arguments, expected, entry, tmp_path, monkeypatch, capsys
 ):
     def no_data(*args, **kwargs):
         raise AssertionError("the data was loaded")
 
-    monkeypatch.setattr(train_module, "load_image_dataset", no_data)
+    monkeypatch.setattr(tfds_images, "load_image_dataset", no_data)
     afile = tmp_path / "afile"
     afile.write_text("")
     arguments = [a.format(file=afile) for a in arguments]
@@ -377,7 +420,7 @@ def test_integer_momentum_becomes_the_float_keras_needs():
 def test_defaults_are_filled_per_method_and_optimizer():
     assert TrainConfig(sam="sam").validated().rho == 0.05
     assert TrainConfig(sam="asam").validated().rho == 0.5
-    assert TrainConfig(sam="none", rho=0.3).validated().rho is None
+    assert TrainConfig(sam="none").validated().rho is None
     assert TrainConfig(optimizer="adam").validated().lr == 1e-3
     assert TrainConfig(dataset="mnist", model="wrn16_8", sam="none").validated().out.endswith(
         "mnist-wrn16_8-none"
@@ -418,7 +461,7 @@ def test_auto_strategy_here_is_the_default_one():
 
 def test_auto_strategy_mirrors_over_several_gpus(monkeypatch):
     made = []
-    monkeypatch.setattr(train_module, "_find_tpu", lambda: None)
+    monkeypatch.setattr(train_module, "find_tpu", lambda: None)
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["g0", "g1"])
     monkeypatch.setattr(tf.distribute, "MirroredStrategy", lambda: made.append("mirrored"))
     train_module.select_strategy("auto")
@@ -429,7 +472,7 @@ def test_auto_strategy_mirrors_over_several_gpus(monkeypatch):
 def test_auto_strategy_prefers_a_tpu(monkeypatch):
     calls = []
     resolver = object()
-    monkeypatch.setattr(train_module, "_find_tpu", lambda: resolver)
+    monkeypatch.setattr(train_module, "find_tpu", lambda: resolver)
     monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", calls.append)
     monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", calls.append)
     monkeypatch.setattr(tf.distribute, "TPUStrategy", lambda r: ("tpu", r))
@@ -480,22 +523,27 @@ def test_noisy_labels_stay_fixed_across_epochs_and_test_stays_clean():
 
 
 def test_crop_with_4_pixel_padding_and_flip_against_numpy():
-    image = np.arange(6 * 7 * 2, dtype=np.float32).reshape(6, 7, 2) + 1
+    """Every training image is a 32x32 crop of the image zero-padded by 4
+    pixels, flipped about half the time (and never with `flip=False`)."""
+    with tfds.testing.mock_data(num_examples=1, policy=tfds.testing.MockPolicy.USE_CODE):
+        plain = load_image_dataset("cifar10", batch_size=1, augment=False, test_split=None)
+        flipping = load_image_dataset("cifar10", batch_size=1, flip=True, test_split=None)
+        cropping = load_image_dataset("cifar10", batch_size=1, flip=False, test_split=None)
+    (image,), _ = next(plain.train.as_numpy_iterator())
+    assert image.shape == (32, 32, 3) and image.max() > 0
     padded = np.pad(image, [(4, 4), (4, 4), (0, 0)])
-    crops = {
-        padded[dy:dy + 6, dx:dx + 7].tobytes(): dy * 9 + dx for dy in range(9) for dx in range(9)
-    }
-    flips = {padded[dy:dy + 6, dx:dx + 7][:, ::-1].tobytes() for dy in range(9) for dx in range(9)}
+    window = lambda dy, dx: padded[dy:dy + 32, dx:dx + 32]  # noqa: E731
+    crops = {window(dy, dx).tobytes() for dy in range(9) for dx in range(9)}
+    flips = {window(dy, dx)[:, ::-1].tobytes() for dy in range(9) for dx in range(9)}
+    assert len(crops) == len(flips) == 81 and not crops & flips
     tf.random.set_seed(0)
     seen, flipped = set(), 0
-    for _ in range(120):
-        out = tfds_images._augment(tf.constant(image), flip=True).numpy()
+    for (out,), _ in flipping.train.take(120).as_numpy_iterator():
         assert out.tobytes() in crops or out.tobytes() in flips
         flipped += out.tobytes() not in crops
         seen.add(out.tobytes())
     assert 30 < flipped < 90 and len(seen) > 40  # ~half flipped, many offsets
-    for _ in range(20):
-        out = tfds_images._augment(tf.constant(image), flip=False).numpy()
+    for (out,), _ in cropping.train.take(20).as_numpy_iterator():
         assert out.tobytes() in crops
 
 
@@ -521,7 +569,7 @@ def test_multiworker_strategy_with_xla_in_a_subprocess(tmp_path):
     """`--strategy multiworker --jit` (one worker): its own process, as collectives are global."""
     script = (
         "import sys, tensorflow_datasets as tfds\n"
-        "from keras_sam.train import main\n"
+        "from keras_sam.apps.train import main\n"
         "with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):\n"
         "    sys.exit(main(sys.argv[1:]))\n"
     )

@@ -1,4 +1,10 @@
-"""Drawing `LossLandscape`s with matplotlib, without a display."""
+"""Drawing `LossLandscape`s with matplotlib, without a display.
+
+matplotlib is not a dependency of the library: install it with the `[plot]`
+extra (`pip install "keras-sam[plot]"`). Without it, `plot_loss_landscape`
+raises an ImportError that says so; the rest of `keras_sam.diagnostics`
+works without it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,18 @@ from keras_sam import _validation as check
 from keras_sam.diagnostics.landscape import LossLandscape
 
 __all__ = ["plot_loss_landscape"]
+
+_NEEDS_MATPLOTLIB = (
+    'plot_loss_landscape needs matplotlib; install it with: pip install "keras-sam[plot]"'
+)
+
+
+def _figure_class():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(_NEEDS_MATPLOTLIB) from error
+    return Figure
 
 
 def plot_loss_landscape(
@@ -35,6 +53,9 @@ def plot_loss_landscape(
     Returns:
         The `matplotlib.figure.Figure` drawn on.
 
+    Raises:
+        ImportError: matplotlib is not installed (`pip install "keras-sam[plot]"`).
+
     Example:
 
     ```python
@@ -44,6 +65,7 @@ def plot_loss_landscape(
     figure.savefig("landscape.png")
     ```
     """
+    Figure = _figure_class()  # first: without matplotlib nothing else matters
     if isinstance(landscapes, LossLandscape):
         landscapes = [landscapes]
     landscapes = list(landscapes)
@@ -70,8 +92,6 @@ def plot_loss_landscape(
             f"landscape. Received {len(landscapes)} planes."
         )
     if ax is None:
-        from matplotlib.figure import Figure
-
         columns = len(landscapes) if planes else 1
         figure = Figure(figsize=(4.5 * columns + 0.5, 4), layout="constrained")
         axes = figure.subplots(1, columns, squeeze=False)[0]

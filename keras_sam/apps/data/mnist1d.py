@@ -10,7 +10,7 @@ Noisy labels make the gap between sharp and flat minima visible: a network
 that memorises wrong labels ends in a sharp minimum and its clean test
 accuracy collapses; SAM resists memorisation (Foret et al., 2021, Sec. 3.3).
 
->>> from keras_sam.data.mnist1d import load_mnist1d, symmetric_label_noise
+>>> from keras_sam.apps.data.mnist1d import load_mnist1d, symmetric_label_noise
 >>> (x_train, y_train), (x_test, y_test) = load_mnist1d(num_samples=100)
 >>> x_train.shape, x_test.shape
 ((80, 40, 1), (20, 40, 1))
@@ -63,7 +63,12 @@ def load_mnist1d(
 
 @functools.lru_cache(maxsize=2)
 def _generate(num_samples: int | None):
-    from mnist1d.data import get_dataset_args, make_dataset
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as error:
+        raise ImportError(
+            'MNIST-1D needs the mnist1d package; install it with: pip install "keras-sam[demo]"'
+        ) from error
 
     args = get_dataset_args()
     if num_samples is not None:

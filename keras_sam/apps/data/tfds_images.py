@@ -40,8 +40,15 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_sam._validation import InvalidArgumentError, check_int, check_real
+from keras_sam.apps.data import DatasetUnavailableError
 
-__all__ = ["ImageDataset", "NO_FLIP_DATASETS", "load_image_dataset", "symmetric_label_noise"]
+__all__ = [
+    "DatasetUnavailableError",
+    "ImageDataset",
+    "NO_FLIP_DATASETS",
+    "load_image_dataset",
+    "symmetric_label_noise",
+]
 
 # Digits and characters change meaning when mirrored.
 NO_FLIP_DATASETS = frozenset(
@@ -224,7 +231,17 @@ def load_image_dataset(
         raise InvalidArgumentError(f"`seed` must be an integer. Received: seed={seed!r}.")
 
     builder = tfds.builder(name, data_dir=data_dir)
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except (OSError, tfds.download.DownloadError) as error:
+        # Offline, TFDS retries for minutes and then raises from deep inside
+        # its downloader (requests' ConnectionError is an OSError).
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise DatasetUnavailableError(
+            f"{name!r} is not prepared in {builder.data_dir!r} and could not be downloaded and "
+            f"prepared there ({type(error).__name__}: {reason}); connect to the internet, or "
+            "pass a data directory that holds it prepared (`--data-dir`)."
+        ) from error
     num_classes, image_shape = _dataset_facts(builder.info, image_size)
     if flip is None:
         flip = name.split("/")[0] not in NO_FLIP_DATASETS

@@ -4,11 +4,13 @@ Subcommands register themselves through an `add_parser(subparsers)` function
 that adds a subparser and sets `func` to the function that runs it:
 
 - `keras-sam demo`: SAM against its base optimizer on MNIST-1D with noisy
-  labels (`keras_sam.demo`);
-- `keras-sam train`: train a CIFAR ResNet with SAM (`keras_sam.train`).
+  labels (`keras_sam.apps.demo`);
+- `keras-sam train`: train a CIFAR ResNet with SAM (`keras_sam.apps.train`).
 
 A bad argument prints one line, `keras-sam demo: error: ...`, and exits with
-status 2, as argparse does, but without repeating the usage.
+status 2, as argparse does, but without repeating the usage. So do a
+missing dependency (naming the extra to install) and a path the command
+cannot write to.
 
 >>> main(["demo", "--noise", "1.5"])
 Traceback (most recent call last):
@@ -22,10 +24,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "fail", "main"]
 
 # Modules that provide a subcommand, in the order of `--help`.
-SUBCOMMAND_MODULES = ("keras_sam.demo", "keras_sam.train")
+SUBCOMMAND_MODULES = ("keras_sam.apps.demo", "keras_sam.apps.train")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -33,6 +35,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def fail(command: str, problem) -> int:
+    """Prints `keras-sam COMMAND: error: PROBLEM` (its first line) to stderr; returns 2."""
+    lines = str(problem).strip().splitlines() or [type(problem).__name__]
+    print(f"keras-sam {command}: error: {lines[0]}", file=sys.stderr)
+    return 2
 
 
 def _subcommand_modules():
@@ -69,3 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

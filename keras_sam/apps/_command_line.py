@@ -1,7 +1,8 @@
 """Quiets TensorFlow's C++ start-up notes when keras-sam runs as a command.
 
-Imported by `keras_sam/__init__.py` before anything that imports TensorFlow.
-In `keras-sam ...` and `python -m keras_sam[.module] ...` those notes (the
+Imported by `keras_sam/__init__.py` before anything that imports TensorFlow
+(so `keras_sam.apps` imports nothing itself). In `keras-sam ...` and
+`python -m keras_sam[.module] ...` those notes (the
 CPU instruction sets TensorFlow was built for, oneDNN being on, ...) would
 come before the command's own output, and before a bad flag's one-line error.
 Most obey `TF_CPP_MIN_LOG_LEVEL`, which the command sets to 1; some are logged
@@ -32,7 +33,7 @@ def started_as_the_command(argv0: str, orig_argv: list[str]) -> bool:
 
     >>> started_as_the_command("/venv/bin/keras-sam", ["python", "/venv/bin/keras-sam"])
     True
-    >>> started_as_the_command("-m", ["python", "-m", "keras_sam.train", "--help"])
+    >>> started_as_the_command("-m", ["python", "-m", "keras_sam.apps.train", "--help"])
     True
     >>> started_as_the_command("train.py", ["python", "train.py"])
     False

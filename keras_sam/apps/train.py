@@ -6,8 +6,8 @@ The setup of the SAM paper's image experiments, as one command:
         --epochs 200 --batch-size 256 --lr 0.1 --weight-decay 5e-4 --out runs/wrn-sam
 
 It trains with SGD (momentum 0.9) or another optimizer on a cosine learning
-rate schedule, with random-crop and flip augmentation (`keras_sam.data.
-tfds_images`), and writes to `--out`:
+rate schedule, with random-crop and flip augmentation
+(`keras_sam.apps.data.tfds_images`), and writes to `--out`:
 
 - `history.csv`: one row per epoch (`keras.callbacks.CSVLogger`);
 - `tensorboard/`: TensorBoard logs;
@@ -23,6 +23,11 @@ tfds_images`), and writes to `--out`:
 - `results.json`: the final test metrics and the configuration.
 
 From Python, `train(TrainConfig(...))` does the same and returns the results.
+The options are `TrainConfig`'s fields, defined once (`keras_sam.apps._options`):
+the command line is derived from them, and both check values alike.
+
+It needs the `[train]` extra (tensorflow-datasets, tensorboard,
+importlib_resources): `pip install "keras-sam[train]"`.
 """
 
 from __future__ import annotations
@@ -39,19 +44,15 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 import keras_sam
-from keras_sam import _argtypes as argtypes
-from keras_sam._validation import (
-    InvalidArgumentError,
-    check_alpha,
-    check_int,
-    check_real,
-    check_rho_value,
-)
-from keras_sam.cli import OneLineErrorParser
-from keras_sam.data.tfds_images import load_image_dataset
+from keras_sam._validation import InvalidArgumentError
+from keras_sam.apps import _argtypes as argtypes
+from keras_sam.apps import _extras
+from keras_sam.apps import _options as options
+from keras_sam.apps._options import setting
+from keras_sam.apps.cli import OneLineErrorParser, fail
+from keras_sam.apps.data import DatasetUnavailableError
 from keras_sam.models.resnet import MODEL_NAMES, check_model_name, get_model
 
 __all__ = [
@@ -62,11 +63,15 @@ __all__ = [
     "build_optimizer",
     "check_dataset",
     "check_model_name",
+    "config_from_args",
     "cosine_schedule",
+    "find_tpu",
     "main",
+    "mixed_precision_policy",
     "run",
     "select_strategy",
     "train",
+    "wrap_for_sam",
 ]
 
 SAM_CHOICES = ("none", "sam", "asam", "gsam", "looksam")
@@ -76,6 +81,38 @@ STRATEGY_CHOICES = ("auto", "mirrored", "multiworker", "tpu")
 # larger (Kwon et al. use 0.5 on CIFAR-10 with SGD).
 DEFAULT_RHO = {"sam": 0.05, "asam": 0.5, "gsam": 0.05, "looksam": 0.05}
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
+# The sections of `keras-sam train --help`, in order.
+_GROUPS = ("data", "model", "sharpness-aware minimization", "optimization", "hardware", "output")
+# `--sam` methods that take `alpha` and their classes (newer than SAMModel).
+_VARIANTS = {"gsam": "GSAMModel", "looksam": "LookSAMModel"}
+
+
+def _model_name(name: str, value) -> str:
+    return check_model_name(value)
+
+
+def _data(help, default=None, **option):
+    return setting(default, help, group="data", **option)
+
+
+def _model(help, default=None, **option):
+    return setting(default, help, group="model", **option)
+
+
+def _sam(help, default=None, **option):
+    return setting(default, help, group="sharpness-aware minimization", **option)
+
+
+def _optimization(help, default=None, **option):
+    return setting(default, help, group="optimization", **option)
+
+
+def _hardware(help, default=None, **option):
+    return setting(default, help, group="hardware", **option)
+
+
+def _output(help, default=None, **option):
+    return setting(default, help, group="output", **option)
 
 
 @dataclasses.dataclass
@@ -84,121 +121,205 @@ class TrainConfig:
 
     `rho=None` and `lr=None` mean the method's and optimizer's defaults
     (`DEFAULT_RHO`, `DEFAULT_LR`); `out=None` means `runs/<dataset>-<model>-<sam>`.
+    Each field's default, help text and check are defined here once; `keras-sam
+    train --help` shows them, and `validated` checks a config made from Python
+    as the command line checks its options.
     """
 
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    train_split: str = "train"
-    test_split: str | None = "test"
-    model: str = "resnet20"
-    shortcut: str = "A"
-    dropout: float = 0.0
-    sam: str = "sam"
-    rho: float | None = None
-    alpha: float | None = None
-    looksam_k: int | None = None
-    optimizer: str = "sgd"
-    lr: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = False
-    warmup_epochs: float = 0.0
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    label_noise: float = 0.0
-    epochs: int = 200
-    batch_size: int = 128
-    flip: bool | None = None
-    image_size: int | None = None
-    cache: bool = True
-    mixed_precision: bool = False
-    strategy: str = "auto"
-    jit: bool | None = None
-    steps_per_epoch: int | None = None
-    max_examples: int | None = None
-    seed: int = 0
-    out: str | None = None
-    export: bool = True
-    verbose: int = 2
+    dataset: str = _data(
+        "any TFDS image classification dataset, e.g. cifar10, cifar100, svhn_cropped, "
+        "fashion_mnist, mnist",
+        "cifar10",
+    )
+    data_dir: str | None = _data(
+        "TFDS data directory; it must exist (TFDS downloads into it what it does not hold)",
+        check=argtypes.existing_directory,
+        shown_default="TFDS's own",
+    )
+    train_split: str = _data("the training split (TFDS slicing such as train[:90%] works)", "train")
+    test_split: str | None = _data(
+        "evaluated after every epoch; 'none' for no test set",
+        "test",
+        parse=argtypes.optional_text,
+    )
+    model: str = _model(
+        f"{', '.join(MODEL_NAMES)}, or any resnet{{6n+2}} / wrn{{6n+4}}_{{k}}",
+        "resnet20",
+        check=_model_name,
+    )
+    shortcut: str = _model(
+        "ResNet shortcut: A = zero-padded identity (He et al.'s CIFAR choice), "
+        "B = 1x1 projection",
+        "A",
+        choices=("A", "B"),
+    )
+    dropout: float = _model(
+        "Wide ResNet dropout, in [0, 1)",
+        0.0,
+        parse=argtypes.number,
+        check=argtypes.fraction_below_one,
+    )
+    sam: str = _sam("the SAM method; none trains without SAM", "sam", choices=SAM_CHOICES)
+    rho: float | None = _sam(
+        "neighbourhood radius; not with --sam none",
+        parse=argtypes.number,
+        check=argtypes.rho,
+        shown_default=f"{DEFAULT_RHO['sam']}; {DEFAULT_RHO['asam']} for asam",
+    )
+    alpha: float | None = _sam(
+        "GSAM's or LookSAM's alpha; only with --sam gsam or looksam",
+        parse=argtypes.number,
+        check=argtypes.alpha,
+        shown_default="the class default",
+    )
+    looksam_k: int | None = _sam(
+        "LookSAM: a SAM step every k steps; only with --sam looksam",
+        parse=argtypes.integer,
+        check=argtypes.positive_int,
+        shown_default="the class default",
+    )
+    optimizer: str = _optimization(
+        "the optimizer, on a cosine learning rate schedule", "sgd", choices=OPTIMIZER_CHOICES
+    )
+    lr: float | None = _optimization(
+        "peak learning rate of the cosine schedule",
+        parse=argtypes.number,
+        check=argtypes.positive,
+        shown_default=f"{DEFAULT_LR['sgd']:g} for sgd, {DEFAULT_LR['adam']:g} otherwise",
+    )
+    momentum: float = _optimization(
+        "SGD's and RMSprop's momentum, in [0, 1)",
+        0.9,
+        parse=argtypes.number,
+        check=argtypes.fraction_below_one,
+    )
+    nesterov: bool = _optimization("Nesterov momentum", False, switch="on")
+    warmup_epochs: float = _optimization(
+        "linear warmup before the cosine decay",
+        0.0,
+        parse=argtypes.number,
+        check=argtypes.non_negative,
+    )
+    weight_decay: float = _optimization(
+        "L2 weight decay: 0.5*wd*||w||^2 of every weight added to the loss "
+        "(decoupled for adamw)",
+        5e-4,
+        parse=argtypes.number,
+        check=argtypes.non_negative,
+    )
+    label_smoothing: float = _optimization(
+        "label smoothing of the cross-entropy, in [0, 1]",
+        0.0,
+        parse=argtypes.number,
+        check=argtypes.fraction,
+    )
+    label_noise: float = _data(
+        "fraction of training labels redrawn uniformly at random, fixed for the run; "
+        "the test set stays clean",
+        0.0,
+        parse=argtypes.number,
+        check=argtypes.fraction,
+    )
+    epochs: int = _optimization(
+        "training epochs", 200, parse=argtypes.integer, check=argtypes.positive_int
+    )
+    batch_size: int = _optimization(
+        "global batch size", 128, parse=argtypes.integer, check=argtypes.positive_int
+    )
+    flip: bool | None = _data(
+        "random horizontal flips",
+        switch="on/off",
+        shown_default="on, except for digit/character datasets such as mnist and svhn_cropped",
+    )
+    image_size: int | None = _data(
+        "resize images to this size",
+        parse=argtypes.integer,
+        check=argtypes.positive_int,
+        shown_default="the dataset's",
+    )
+    cache: bool = _data("keep decoded images in memory", True, switch="on/off")
+    mixed_precision: bool = _hardware(
+        "mixed_float16 on GPU, mixed_bfloat16 on TPU and CPU", False, switch="on"
+    )
+    strategy: str = _hardware(
+        "auto: TPU if found, else Mirrored if >1 GPU, else one device",
+        "auto",
+        choices=STRATEGY_CHOICES,
+    )
+    jit: bool | None = _hardware(
+        "XLA-compile the train step", switch="on/off", shown_default="Keras's 'auto'"
+    )
+    steps_per_epoch: int | None = _optimization(
+        "steps per epoch",
+        parse=argtypes.integer,
+        check=argtypes.positive_int,
+        shown_default="training examples // batch size",
+    )
+    max_examples: int | None = _data(
+        "use only this many examples per split",
+        parse=argtypes.integer,
+        check=argtypes.positive_int,
+        shown_default="all",
+    )
+    seed: int = _optimization(
+        "seed of the initial weights, the label noise and the data order",
+        0,
+        parse=argtypes.integer,
+        check=argtypes.seed,
+    )
+    out: str | None = _output(
+        "output directory; rerun with the same --out to resume",
+        check=argtypes.output_directory,
+        shown_default="runs/<dataset>-<model>-<sam>",
+    )
+    export: bool = _output(
+        "also export a SavedModel to OUT/saved_model", True, switch="on/off"
+    )
+    verbose: int = _output(
+        "Keras fit verbosity", 2, parse=argtypes.integer, choices=(0, 1, 2)
+    )
 
     def validated(self) -> TrainConfig:
-        """Returns a copy with defaults filled in, or raises InvalidArgumentError."""
-        for name, choices in (
-            ("sam", SAM_CHOICES),
-            ("optimizer", OPTIMIZER_CHOICES),
-            ("strategy", STRATEGY_CHOICES),
-            ("shortcut", ("A", "B")),
-        ):
-            if getattr(self, name) not in choices:
-                raise InvalidArgumentError(
-                    f"`{name}` must be one of {', '.join(choices)}. "
-                    f"Received: {name}={getattr(self, name)!r}."
-                )
-        if not _available(self.sam):
+        """Returns a copy with defaults filled in, or raises InvalidArgumentError.
+
+        Each setting gets the check its option gets on the command line;
+        then settings that do not apply to the chosen `sam` or `model` are
+        refused rather than ignored.
+        """
+        config = dataclasses.replace(self, **options.checked(self))
+        if not _available(config.sam):
             raise InvalidArgumentError(
-                f"`--sam {self.sam}` needs keras_sam.{_VARIANTS[self.sam]}, which this "
+                f"`--sam {config.sam}` needs keras_sam.{_VARIANTS[config.sam]}, which this "
                 f"version of keras-sam ({keras_sam.__version__}) does not have. Available: "
                 f"{', '.join(c for c in SAM_CHOICES if _available(c))}."
             )
-        if self.looksam_k is not None and self.sam != "looksam":
+        if config.rho is not None and config.sam == "none":
             raise InvalidArgumentError(
-                f"`looksam_k` is only for `--sam looksam`. "
-                f"Received: sam={self.sam!r}, looksam_k={self.looksam_k!r}."
+                "`rho` is only for the SAM methods (`--sam sam`, `asam`, `gsam`, `looksam`); "
+                f"`--sam none` has no radius. Received: sam={config.sam!r}, rho={self.rho!r}."
             )
-        if self.alpha is not None and self.sam not in _VARIANTS:
+        if config.alpha is not None and config.sam not in _VARIANTS:
             raise InvalidArgumentError(
                 f"`alpha` is only for `--sam gsam` and `--sam looksam`. "
-                f"Received: sam={self.sam!r}, alpha={self.alpha!r}."
+                f"Received: sam={config.sam!r}, alpha={self.alpha!r}."
             )
-        check_model_name(self.model)
-        config = dataclasses.replace(self)
-        config.epochs = check_int("epochs", self.epochs, minimum=1)
-        config.batch_size = check_int("batch_size", self.batch_size, minimum=1)
-        for name in ("steps_per_epoch", "max_examples", "looksam_k", "image_size"):
-            if getattr(self, name) is not None:
-                setattr(config, name, check_int(name, getattr(self, name), minimum=1))
-        config.label_smoothing = check_real(
-            "label_smoothing", self.label_smoothing, minimum=0.0, maximum=1.0
-        )
-        config.label_noise = check_real("label_noise", self.label_noise, minimum=0.0, maximum=1.0)
-        config.weight_decay = check_real("weight_decay", self.weight_decay, minimum=0.0)
-        config.warmup_epochs = check_real("warmup_epochs", self.warmup_epochs, minimum=0.0)
-        # Keras's SGD takes momentum in [0, 1] (and a float only); 1 never decays.
-        config.momentum = _below_one("momentum", self.momentum)
-        config.dropout = _below_one("dropout", self.dropout)
-        if config.dropout and not self.model.startswith("wrn"):  # a checked name
+        if config.looksam_k is not None and config.sam != "looksam":
             raise InvalidArgumentError(
-                f"`dropout` is only for Wide ResNets (wrn...); {self.model} has no dropout. "
-                f"Received: model={self.model!r}, dropout={self.dropout!r}."
+                f"`looksam_k` is only for `--sam looksam`. "
+                f"Received: sam={config.sam!r}, looksam_k={self.looksam_k!r}."
             )
-        if self.alpha is not None:
-            config.alpha = check_alpha(self.alpha)
-        config.seed = check_int("seed", self.seed, minimum=0, maximum=argtypes.MAX_SEED)
-        config.rho = (
-            DEFAULT_RHO.get(self.sam)
-            if self.rho is None
-            else check_rho_value(self.rho)
-        )
-        if self.sam == "none":
-            config.rho = None
-        config.lr = (
-            DEFAULT_LR[self.optimizer]
-            if self.lr is None
-            else check_real("lr", self.lr, minimum=0.0, exclusive_minimum=True)
-        )
-        default_out = os.path.join("runs", f"{self.dataset}-{self.model}-{self.sam}")
-        config.out = str(self.out or default_out)  # a Path too
-        problem = argtypes.directory_problem(config.out)
-        if problem:
-            raise InvalidArgumentError(f"`out` cannot be the output directory: {problem}.")
+        if config.dropout and not config.model.startswith("wrn"):  # a checked name
+            raise InvalidArgumentError(
+                f"`dropout` is only for Wide ResNets (wrn...); {config.model} has no dropout. "
+                f"Received: model={config.model!r}, dropout={self.dropout!r}."
+            )
+        if config.rho is None:
+            config.rho = DEFAULT_RHO.get(config.sam)  # None for "none"
+        if config.lr is None:
+            config.lr = DEFAULT_LR[config.optimizer]
+        default_out = os.path.join("runs", f"{config.dataset}-{config.model}-{config.sam}")
+        config.out = str(argtypes.output_directory("out", config.out or default_out))
         return config
-
-
-def _below_one(name: str, value) -> float:
-    """`value` as a float in [0, 1), or raises."""
-    value = check_real(name, value, minimum=0.0, maximum=1.0)
-    if value == 1.0:
-        raise InvalidArgumentError(f"`{name}` must be in [0, 1). Received: {name}={value!r}.")
-    return value
 
 
 def check_dataset(name: str, data_dir: str | None = None) -> str:
@@ -210,6 +331,8 @@ def check_dataset(name: str, data_dir: str | None = None) -> str:
     >>> check_dataset("cifar10")
     'cifar10'
     """
+    import tensorflow_datasets as tfds
+
     try:
         tfds.builder(name, data_dir=data_dir)
         return name
@@ -232,7 +355,7 @@ def check_dataset(name: str, data_dir: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------- devices
-def _find_tpu():
+def find_tpu():
     """A TPUClusterResolver when a TPU is reachable (Colab, TPU VM), else None."""
     for tpu in (None, "local"):
         try:
@@ -255,7 +378,7 @@ def select_strategy(name: str) -> tf.distribute.Strategy:
             f"`strategy` must be one of {', '.join(STRATEGY_CHOICES)}. Received: {name!r}."
         )
     if name in ("auto", "tpu"):
-        resolver = _find_tpu()
+        resolver = find_tpu()
         if resolver is not None:
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
@@ -316,15 +439,12 @@ def wrap_for_sam(classifier: keras.Model, config: TrainConfig) -> keras.Model:
         return keras_sam.SAMModel(classifier, rho=config.rho, adaptive=config.sam == "asam")
     # Looked up when used: GSAM and LookSAM are newer than SAMModel.
     wrapper = getattr(keras_sam, _VARIANTS[config.sam])
-    options = {}
+    arguments = {}
     if config.alpha is not None:
-        options["alpha"] = config.alpha
+        arguments["alpha"] = config.alpha
     if config.looksam_k is not None:
-        options["k"] = config.looksam_k
-    return wrapper(classifier, rho=config.rho, **options)
-
-
-_VARIANTS = {"gsam": "GSAMModel", "looksam": "LookSAMModel"}
+        arguments["k"] = config.looksam_k
+    return wrapper(classifier, rho=config.rho, **arguments)
 
 
 def _available(sam: str) -> bool:
@@ -406,6 +526,9 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
         callbacks: extra Keras callbacks, called after the built-in ones
             (`BackupAndRestore`, `CSVLogger`, `TensorBoard`).
     """
+    _extras.require("train")
+    from keras_sam.apps.data import tfds_images
+
     config = config.validated()
     check_dataset(config.dataset, config.data_dir)
     keras.utils.set_random_seed(config.seed)
@@ -422,12 +545,11 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
             f"`batch_size` ({config.batch_size}) must be a multiple of the number of "
             f"replicas ({replicas})."
         )
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = argtypes.make_directory("out", config.out)
     policy = mixed_precision_policy(strategy) if config.mixed_precision else "float32"
     _check_resumable(config, out / "backup", policy)
 
-    data = load_image_dataset(
+    data = tfds_images.load_image_dataset(
         config.dataset,
         batch_size=config.batch_size,
         data_dir=config.data_dir,
@@ -517,209 +639,42 @@ def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (
 
 
 # -------------------------------------------------------------------- cli
-def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    defaults = TrainConfig()
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        default=defaults.dataset,
-        help="any TFDS image classification dataset, e.g. cifar10, cifar100, "
-        "svhn_cropped, fashion_mnist, mnist (default: %(default)s)",
-    )
-    data.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
-    data.add_argument("--train-split", default=defaults.train_split, help="(default: %(default)s)")
-    data.add_argument(
-        "--test-split",
-        default=defaults.test_split,
-        help="evaluated after every epoch; 'none' for no test set (default: %(default)s)",
-    )
-    data.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random horizontal flips (default: on, except for digit/character "
-        "datasets such as mnist and svhn_cropped)",
-    )
-    data.add_argument("--image-size", type=argtypes.positive_int, help="resize images to this size")
-    data.add_argument(
-        "--cache",
-        action=argparse.BooleanOptionalAction,
-        default=defaults.cache,
-        help="keep decoded images in memory (default: on)",
-    )
-    data.add_argument(
-        "--label-noise",
-        type=argtypes.fraction,
-        default=defaults.label_noise,
-        help="fraction of training labels redrawn uniformly at random, fixed for "
-        "the run; the test set stays clean (default: %(default)s)",
-    )
-    data.add_argument(
-        "--max-examples", type=argtypes.positive_int, help="use only this many examples per split"
-    )
-
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default=defaults.model,
-        help=f"{', '.join(MODEL_NAMES)}, or any resnet{{6n+2}} / wrn{{6n+4}}_{{k}} "
-        "(default: %(default)s)",
-    )
-    model.add_argument(
-        "--shortcut",
-        choices=("A", "B"),
-        default=defaults.shortcut,
-        help="ResNet shortcut: A = zero-padded identity (He et al.'s CIFAR choice), "
-        "B = 1x1 projection (default: %(default)s)",
-    )
-    model.add_argument(
-        "--dropout",
-        type=argtypes.fraction_below_one,
-        default=defaults.dropout,
-        help="Wide ResNet dropout, in [0, 1) (default: %(default)s)",
-    )
-
-    sam = parser.add_argument_group("sharpness-aware minimization")
-    sam.add_argument("--sam", choices=SAM_CHOICES, default=defaults.sam, help="(default: sam)")
-    sam.add_argument(
-        "--rho",
-        type=argtypes.rho,
-        help="neighbourhood radius (default: 0.05; 0.5 for asam)",
-    )
-    sam.add_argument(
-        "--alpha",
-        type=argtypes.alpha,
-        help="GSAM's or LookSAM's alpha; only with --sam gsam or looksam "
-        "(default: the class default)",
-    )
-    sam.add_argument(
-        "--looksam-k", type=argtypes.positive_int, help="LookSAM: SAM step every k steps"
-    )
-
-    optimization = parser.add_argument_group("optimization")
-    optimization.add_argument(
-        "--optimizer", choices=OPTIMIZER_CHOICES, default=defaults.optimizer, help="(default: sgd)"
-    )
-    optimization.add_argument(
-        "--lr",
-        type=argtypes.positive,
-        help="peak learning rate of the cosine schedule (default: 0.1 for sgd, 1e-3 otherwise)",
-    )
-    optimization.add_argument(
-        "--momentum",
-        type=argtypes.fraction_below_one,
-        default=defaults.momentum,
-        help="SGD's and RMSprop's momentum, in [0, 1) (default: %(default)s)",
-    )
-    optimization.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    optimization.add_argument(
-        "--warmup-epochs",
-        type=argtypes.non_negative,
-        default=defaults.warmup_epochs,
-        help="linear warmup before the cosine decay (default: %(default)s)",
-    )
-    optimization.add_argument(
-        "--weight-decay",
-        type=argtypes.non_negative,
-        default=defaults.weight_decay,
-        help="L2 weight decay: 0.5*wd*||w||^2 of every weight added to the loss "
-        "(decoupled for adamw) (default: %(default)s)",
-    )
-    optimization.add_argument(
-        "--label-smoothing",
-        type=argtypes.fraction,
-        default=defaults.label_smoothing,
-        help="(default: %(default)s)",
-    )
-    optimization.add_argument(
-        "--epochs",
-        type=argtypes.positive_int,
-        default=defaults.epochs,
-        help="(default: %(default)s)",
-    )
-    optimization.add_argument(
-        "--batch-size",
-        type=argtypes.positive_int,
-        default=defaults.batch_size,
-        help="global batch size (default: %(default)s)",
-    )
-    optimization.add_argument(
-        "--steps-per-epoch",
-        type=argtypes.positive_int,
-        help="steps per epoch (default: training examples // batch size)",
-    )
-    optimization.add_argument(
-        "--seed", type=argtypes.seed, default=defaults.seed, help="(default: %(default)s)"
-    )
-
-    hardware = parser.add_argument_group("hardware")
-    hardware.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="mixed_float16 on GPU, mixed_bfloat16 on TPU and CPU",
-    )
-    hardware.add_argument(
-        "--strategy",
-        choices=STRATEGY_CHOICES,
-        default=defaults.strategy,
-        help="auto: TPU if found, else Mirrored if >1 GPU, else one device (default: auto)",
-    )
-    hardware.add_argument(
-        "--jit",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="XLA-compile the train step (default: Keras's 'auto')",
-    )
-
-    output = parser.add_argument_group("output")
-    output.add_argument(
-        "--out",
-        type=argtypes.output_directory,
-        help="output directory; rerun with the same --out to resume "
-        "(default: runs/<dataset>-<model>-<sam>)",
-    )
-    output.add_argument(
-        "--export",
-        action=argparse.BooleanOptionalAction,
-        default=defaults.export,
-        help="also export a SavedModel to OUT/saved_model (default: on)",
-    )
-    output.add_argument(
-        "--verbose",
-        type=int,
-        choices=(0, 1, 2),
-        default=defaults.verbose,
-        help="Keras fit verbosity",
-    )
-    parser.set_defaults(func=run)
-    return parser
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Registers `train` on the `keras-sam` command's subparsers."""
+    """Registers `train` on the `keras-sam` command's subparsers.
+
+    Its options are `TrainConfig`'s fields (`keras_sam.apps._options`).
+    """
     parser = subparsers.add_parser(
         "train",
         help="train a CIFAR ResNet / Wide ResNet with SAM on a TFDS image dataset",
         description=__doc__.split("\n\n")[0],
     )
-    return _configure(parser)
+    options.add_arguments(parser, TrainConfig, groups=_GROUPS)
+    parser.set_defaults(func=run)
+    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {name: value for name, value in vars(args).items() if name in fields}
-    if values.get("test_split") in ("none", ""):
-        values["test_split"] = None
-    return TrainConfig(**values)
+    """The `TrainConfig` of parsed `train` arguments: the options given, and
+    `TrainConfig`'s defaults for the others."""
+    return TrainConfig(**options.given(args, TrainConfig))
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs `keras-sam train` with parsed arguments; returns the exit status."""
+    """Runs `keras-sam train` with parsed arguments; returns the exit status.
+
+    A setting that does not fit the others, a missing `[train]` dependency, a
+    dataset that cannot be had and a path that cannot be written are one line
+    on stderr and exit status 2.
+    """
     try:
         results = train(config_from_args(args))
-    except InvalidArgumentError as error:
-        print(f"keras-sam train: error: {error}", file=sys.stderr)
-        return 2
+    except (InvalidArgumentError, _extras.MissingExtraError, DatasetUnavailableError) as error:
+        return fail("train", error)
+    except OSError as error:
+        if error.filename is None:  # not about a path: a real failure
+            raise
+        return fail("train", argtypes.os_problem(error))
     test = ", ".join(f"{name} {value:.4f}" for name, value in results["test"].items())
     print(
         f"Trained {results['model']} ({results['sam']}) on {results['dataset']}: "
@@ -730,7 +685,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`keras-sam train` on its own: `python -m keras_sam.train --help`."""
+    """`keras-sam train` on its own: `python -m keras_sam.apps.train --help`."""
     parser = OneLineErrorParser(prog="keras-sam")  # one-line errors, as `keras-sam train`
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_parser(subparsers)

@@ -1,1 +1,0 @@
-"""Datasets generated locally for the demo and the examples (nothing is downloaded)."""

@@ -47,7 +47,7 @@ def time_runs(settings, seed: int, rounds: int) -> dict:
     """{(method, per_call): ([seconds per round], final weights)}; per_call is 1 or "epoch"."""
     import numpy as np
 
-    from keras_sam import demo
+    from keras_sam.apps import demo
 
     train, test = demo.load_noisy_mnist1d(
         settings.noise, seed=seed, num_samples=settings.num_samples
@@ -55,7 +55,7 @@ def time_runs(settings, seed: int, rounds: int) -> dict:
     initial = demo.starting_weights(seed)
     results = {}
     for round_index in range(rounds):
-        for method in ("base", "sam"):
+        for method in settings.methods:  # the demo's: base and SAM
             for per_call in (1, "epoch"):
                 steps = 1 if per_call == 1 else None  # None: the demo's one epoch
                 started = time.perf_counter()
@@ -83,7 +83,7 @@ def results_table(results: dict) -> str:
         "| run | s, 1 step per call | s, 1 epoch per call | speed-up | same weights bit for bit |",
         "|---|---|---|---|---|",
     ]
-    for method in ("base", "sam"):
+    for method in dict.fromkeys(method for method, _ in results):
         one, one_weights = results[method, 1]
         epoch, epoch_weights = results[method, "epoch"]
         same = all(np.array_equal(a, b) for a, b in zip(one_weights, epoch_weights))
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from benchmarks.environment import machine_description
-    from keras_sam.demo import DemoSettings
+    from keras_sam.apps.demo import DemoSettings
 
     settings = DemoSettings(epochs=args.epochs, num_samples=args.num_samples, verbose=0)
     results = time_runs(settings, args.seed, args.rounds)

@@ -5,7 +5,7 @@ augmentation (4-pixel-padded random crops and horizontal flips), SGD with
 momentum 0.9, a cosine learning rate from 0.1, weight decay 5e-4 and batch
 size 256 (the batch of their code), and report about 2.7% test error with
 SAM (rho = 0.05) against 3.5% with SGD. This script trains both with
-`keras_sam.train` (the `keras-sam train` command) and prints the comparison.
+`keras_sam.apps.train` (the `keras-sam train` command) and prints the comparison.
 
 This is GPU/TPU work: a SAM step costs about twice an SGD step (two
 forward/backward passes), and 200 epochs of a 36M-parameter WRN-28-10 take
@@ -18,7 +18,8 @@ Both runs resume where they stopped if restarted with the same `--out`.
     python examples/cifar10_sam_vs_sgd.py --smoke   # offline, seconds: TFDS mock data
 
 `--smoke` trains a ResNet-8 for one step on 16 random TFDS mock examples
-(nothing is downloaded); it only shows that the script runs.
+(nothing is downloaded); it only shows that the script runs. It needs the
+`[train]` extra: `pip install "keras-sam[train]"`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import argparse
 import contextlib
 import os
 
-from keras_sam.train import TrainConfig, train
+from keras_sam.apps.train import TrainConfig, train
 
 
 def parse_args(argv=None):

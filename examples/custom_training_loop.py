@@ -18,6 +18,8 @@ BatchNorm, the second pass would also update the moving statistics (which
 
     python examples/custom_training_loop.py            # 4,000 examples, 30 epochs
     python examples/custom_training_loop.py --smoke    # a few seconds
+
+It needs mnist1d, from the `[demo]` extra: `pip install "keras-sam[demo]"`.
 """
 
 from __future__ import annotations

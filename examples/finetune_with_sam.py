@@ -25,6 +25,8 @@ Two details matter with any pretrained backbone:
 
     python examples/finetune_with_sam.py             # ~1-2 minutes on a CPU
     python examples/finetune_with_sam.py --smoke     # a few seconds
+
+It needs mnist1d, from the `[demo]` extra: `pip install "keras-sam[demo]"`.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ SGD as the noise grows; rho is worth tuning per noise level.
 
 The noisy labels are fixed for a run (drawn once from `--seed`), and the test
 set is never corrupted: `keras-sam train --label-noise` does this (see
-`keras_sam.data.tfds_images.symmetric_label_noise`). Each setting is one
-`keras_sam.train` run under `--out/<method>_<rate>`, resumable.
+`keras_sam.apps.data.tfds_images.symmetric_label_noise`). Each setting is one
+`keras_sam.apps.train` run under `--out/<method>_<rate>`, resumable.
 
     python examples/label_noise_cifar10.py --out runs/label_noise          # GPU: hours
     python examples/label_noise_cifar10.py --rates 0.8 --epochs 50
@@ -21,6 +21,7 @@ Defaults: a ResNet-32 (as in the paper's table), SGD with momentum, cosine
 learning rate from 0.1, weight decay 5e-4, batch 128, 200 epochs, rho 0.1.
 `--smoke` trains a ResNet-8 for one step per setting on 16 random mock
 examples at 40% noise only; it shows that the script runs, nothing more.
+It needs the `[train]` extra: `pip install "keras-sam[train]"`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import argparse
 import contextlib
 import os
 
-from keras_sam.train import TrainConfig, train
+from keras_sam.apps.train import TrainConfig, train
 
 PAPER_RATES = (0.2, 0.4, 0.6, 0.8)
 

@@ -76,16 +76,20 @@ class Trainer:
     def _branch(self, condition, if_true, if_false):
         """`if_true()` or `if_false()` (each a `PassResult`) by `condition`.
 
-        A tensor `condition` chooses inside the compiled step with
-        `jax.lax.cond`; each branch runs in a scope of its own and returns
-        the state it leaves, which is then assigned.
+        A tensor `condition` chooses inside the compiled step. Each branch
+        runs in a scope of its own and returns the state it leaves, which is
+        then assigned. On GPU and TPU `jax.lax.cond` runs only the chosen
+        branch; XLA:CPU runs the convolutions of a conditional's branches
+        several times slower than the same ops outside one, so on the CPU both
+        branches run and the chosen result and state are selected (the
+        numbers are the chosen branch's; the one-pass saving is not made).
         """
         if isinstance(condition, bool):
             return (if_true if condition else if_false)()
         state = scopes.state_variables(self)
 
         def branch(function):
-            def run(_):
+            def run(_=None):
                 with scopes.nested_scope(state) as scope:
                     result = function()
                 values = [_value_in(scope, v, None) for v in state]
@@ -93,9 +97,17 @@ class Trainer:
 
             return run
 
-        (loss, gradients), values = jax.lax.cond(
-            condition, branch(if_true), branch(if_false), None
-        )
+        def chosen():
+            return jax.lax.cond(condition, branch(if_true), branch(if_false), None)
+
+        def both():
+            return jax.tree.map(
+                lambda a, b: keras.ops.where(condition, a, b),
+                branch(if_true)(),
+                branch(if_false)(),
+            )
+
+        (loss, gradients), values = jax.lax.platform_dependent(cpu=both, default=chosen)
         scopes.assign_all(state, values)
         return passes.PassResult(loss, gradients, [])
 

@@ -380,6 +380,17 @@ def test_demo_out_that_cannot_be_created_is_one_line():
 
 
 @needs_proc
+def test_demo_json_that_cannot_be_written_is_one_line(tmp_path):
+    result = run_module(
+        "demo", "--quick", "-q", "--out", str(tmp_path / "out"), "--json", "/proc/forbidden/t.json"
+    )
+    assert_one_line_error(
+        result, "demo", "`json` cannot be written", "json='/proc/forbidden/t.json'"
+    )
+    assert result.stdout == "" and not (tmp_path / "out").exists()  # before any training
+
+
+@needs_proc
 def test_train_out_that_cannot_be_created_is_one_line():
     result = run_module("train", "--out", "/proc/forbidden/x", "--max-examples", "16")
     assert_one_line_error(result, "train", "`out` cannot be created", "out='/proc/forbidden/x'")

@@ -257,9 +257,9 @@ def writable_file(name: str, path) -> Path:
     """Creates the folder of the file `path` and checks that the file can be
     written, without changing it; raises `InvalidArgumentError` if not."""
     path = Path(path)
-    make_directory(name, path.parent)
-    existed = path.exists()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
         with open(path, "a"):
             pass
     except OSError as error:

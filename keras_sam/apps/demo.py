@@ -693,9 +693,9 @@ def run(args: argparse.Namespace) -> int:
         _extras.require("demo")
         settings = settings_from_args(args)
         command = command_from_args(args)
-        argtypes.make_directory("out", command.out)
         if command.json:
             argtypes.writable_file("json", command.json)
+        argtypes.make_directory("out", command.out)
         quiet = _NotRetracing()
         logging.getLogger("tensorflow").addFilter(quiet)
         try:

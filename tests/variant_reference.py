@@ -23,7 +23,9 @@ Descent directions, from the clean gradient g at w and g_sam at w + ε̂:
 
 The network is Dense(h, tanh) → Dense(c) with softmax cross-entropy on logits
 (Keras's "sum_over_batch_size": the mean over the batch), parameters in Keras's
-`trainable_variables` order [W1, b1, W2, b2].
+`trainable_variables` order [W1, b1, W2, b2]. `normalized_mlp` builds
+Dense(h) → LayerNormalization or BatchNormalization (training mode: the batch's
+statistics) → tanh → Dense(c), parameters [W1, (b1), γ, β, W2, b2].
 
 >>> import numpy as np
 >>> [e.tolist() for e in perturbation([np.array([3.0, 4.0]), None], [0, 0], rho=0.5)[:1]]
@@ -32,16 +34,21 @@ The network is Dense(h, tanh) → Dense(c) with softmax cross-entropy on logits
 [0.5, -0.5]
 >>> split_sizes(10, 3)
 [4, 3, 3]
+>>> [e.tolist() for e in perturbation([np.array([3.0]), np.array([4.0])], [0, 0], rho=1.0,
+...                                   chosen=[False, True])]
+[[0.0], [1.0]]
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 Params = list[np.ndarray]
+#: (params, x, y) → (loss, gradient of every param)
+Gradient = Callable[[Params, np.ndarray, np.ndarray], tuple[float, Params]]
 
 
 # ------------------------------------------------------------- ascent rules
@@ -75,8 +82,25 @@ def perturbation(
     p: float = 2.0,
     adaptive: bool = False,
     eta: float = 0.01,
+    chosen: Sequence[bool] | None = None,
 ) -> list[np.ndarray | None]:
-    """ε̂ per variable (None where the gradient is None), SAM or ASAM."""
+    """ε̂ per variable (None where the gradient is None), SAM or ASAM.
+
+    With `chosen` (SAM-ON), only the chosen variables take part: the norm is
+    theirs, and every other variable's ε̂ is zero.
+    """
+    if chosen is not None:
+        unchosen = [
+            None if g is None else np.zeros_like(np.asarray(g, np.float64))
+            for g, keep in zip(gradients, chosen)
+        ]
+        if not any(keep and g is not None for g, keep in zip(gradients, chosen)):
+            return unchosen
+        picked = perturbation(
+            [g if keep else None for g, keep in zip(gradients, chosen)],
+            weights, rho, p=p, adaptive=adaptive, eta=eta,
+        )
+        return [e if keep else z for e, z, keep in zip(picked, unchosen, chosen)]
     present = [i for i, g in enumerate(gradients) if g is not None]
     result: list[np.ndarray | None] = [None] * len(gradients)
     grads = [np.asarray(gradients[i], np.float64) for i in present]
@@ -138,6 +162,62 @@ def mlp_loss_and_gradients(params: Params, x, y) -> tuple[float, Params]:
     return loss, [x.T @ d_pre, d_pre.sum(0), hidden.T @ d_logits, d_logits.sum(0)]
 
 
+def normalized_mlp(norm: str, *, epsilon: float = 1e-3, first_bias: bool = True) -> Gradient:
+    """Mean softmax cross-entropy of Dense(h) → norm → tanh → Dense(logits).
+
+    `norm` is "layer" (LayerNormalization over the features of each row) or
+    "batch" (BatchNormalization in training mode: each feature normalized by
+    the batch's mean and biased variance). Both compute
+    γ·(a − μ)/√(σ² + epsilon) + β. Params [W1, b1, γ, β, W2, b2], without b1
+    when `first_bias` is False. Returns the gradient function `train` takes.
+    """
+    if norm not in ("layer", "batch"):
+        raise ValueError(norm)
+    axis = 1 if norm == "layer" else 0
+
+    def loss_and_gradients(params: Params, x, y) -> tuple[float, Params]:
+        params = [np.asarray(t, np.float64) for t in params]
+        if first_bias:
+            w1, b1, gamma, beta, w2, b2 = params
+        else:
+            (w1, gamma, beta, w2, b2), b1 = params, 0.0
+        x = np.asarray(x, np.float64)
+        labels = np.asarray(y).reshape(-1).astype(int)
+        pre = x @ w1 + b1
+        mean = pre.mean(axis=axis, keepdims=True)
+        inverse = 1.0 / np.sqrt(pre.var(axis=axis, keepdims=True) + epsilon)
+        normalized = (pre - mean) * inverse
+        hidden = np.tanh(gamma * normalized + beta)
+        logits = hidden @ w2 + b2
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        rows = np.arange(len(labels))
+        loss = float(-log_probs[rows, labels].mean())
+        d_logits = np.exp(log_probs)
+        d_logits[rows, labels] -= 1.0
+        d_logits /= len(labels)
+        d_out = (d_logits @ w2.T) * (1.0 - hidden**2)  # into γ·n + β
+        d_normalized = d_out * gamma
+        # Through n = (a − μ)·(σ² + ε)^(−1/2), μ and σ² over `axis`.
+        d_pre = inverse * (
+            d_normalized
+            - d_normalized.mean(axis=axis, keepdims=True)
+            - normalized * (d_normalized * normalized).mean(axis=axis, keepdims=True)
+        )
+        gradients = [x.T @ d_pre]
+        if first_bias:
+            gradients.append(d_pre.sum(0))
+        gradients += [
+            (d_out * normalized).sum(0),
+            d_out.sum(0),
+            hidden.T @ d_logits,
+            d_logits.sum(0),
+        ]
+        return loss, gradients
+
+    return loss_and_gradients
+
+
 # ---------------------------------------------------------------- optimizer
 @dataclass
 class SGD:
@@ -162,7 +242,9 @@ class SGD:
 # ----------------------------------------------------------------- variants
 @dataclass
 class Variant:
-    """One SAM variant's settings; `name` is "sgd", "sam", "gsam" or "looksam"."""
+    """One SAM variant's settings; `name` is "sgd", "sam", "gsam", "looksam" or
+    "fsam" (Friendly SAM). `chosen` (SAM-ON): whether the ascent moves each
+    variable (None: all)."""
 
     name: str = "sam"
     rho: float = 0.05
@@ -172,25 +254,49 @@ class Variant:
     num_batch_splits: int = 1
     alpha: float = 0.0
     k: int = 1
+    sigma: float = 1.0
+    lmbda: float = 0.9
+    chosen: Sequence[bool] | None = None
 
 
 @dataclass
 class LookSAMState:
+    """A variant's state between steps (LookSAM's g_v, F-SAM's m)."""
+
     step: int = 0
-    reused_direction: Params | None = None  # g_v
+    reused_direction: Params | None = None  # g_v (LookSAM)
+    average: Params | None = None  # m (Friendly SAM)
 
 
-Gradient = Callable[[Params, np.ndarray, np.ndarray], tuple[float, Params]]
+VariantState = LookSAMState
 
 
 def sam_pair(variant: Variant, params: Params, x, y, gradient: Gradient) -> tuple[Params, Params]:
     """(g at w, g_sam at w + ε̂) on one batch."""
     _, g = gradient(params, x, y)
+    return g, perturbed_gradient(variant, params, x, y, g, gradient)
+
+
+def perturbed_gradient(variant: Variant, params: Params, x, y, direction, gradient) -> Params:
+    """g_sam: the gradient at w + ε̂, ε̂ the variant's ascent along `direction`."""
     e_hat = perturbation(
-        g, params, variant.rho, p=variant.p, adaptive=variant.adaptive, eta=variant.eta
+        direction, params, variant.rho, p=variant.p, adaptive=variant.adaptive,
+        eta=variant.eta, chosen=variant.chosen,
     )
-    _, g_sam = gradient([w + e for w, e in zip(params, e_hat)], x, y)
-    return g, g_sam
+    return gradient([w + e for w, e in zip(params, e_hat)], x, y)[1]
+
+
+def friendly_ascent_direction(variant: Variant, g: Params, state: VariantState) -> Params:
+    """F-SAM's d (d = g on the first step, else g − σ·m), and m moves (advances `state`)."""
+    if state.step == 0:
+        direction, average = g, g
+    else:
+        direction = [a - variant.sigma * m for a, m in zip(g, state.average)]
+        average = [variant.lmbda * m + (1.0 - variant.lmbda) * a
+                   for m, a in zip(state.average, g)]
+    state.average = [np.array(m, np.float64) for m in average]
+    state.step += 1
+    return direction
 
 
 def descent_direction(
@@ -211,6 +317,12 @@ def descent_direction(
     """
     if variant.name == "sgd":
         return gradient(params, x, y)[1]
+    if variant.name == "fsam":
+        if variant.num_batch_splits != 1:
+            raise ValueError("F-SAM's m moves once per step: num_batch_splits must be 1")
+        _, g = gradient(params, x, y)
+        direction = friendly_ascent_direction(variant, g, state)
+        return perturbed_gradient(variant, params, x, y, direction, gradient)
     if variant.name == "looksam":
         if state.step % variant.k == 0:
             g, g_sam = sam_pair(variant, params, x, y, gradient)
@@ -243,17 +355,43 @@ def train(
     batches: Sequence[tuple[np.ndarray, np.ndarray]],
     optimizer: SGD,
     *,
-    state: LookSAMState | None = None,
+    state: VariantState | Sequence[VariantState] | None = None,
     gradient: Gradient = mlp_loss_and_gradients,
+    rho_at: Callable[[int], float] | None = None,
+    replicas: int = 1,
     **conventions,
 ) -> Params:
     """Weights after one optimizer step per batch, in order, starting from `params`.
 
+    `rho_at(step)` gives ρ of each step (a schedule; step 0 is the first), else
+    `variant.rho`. With `replicas` > 1 (data parallelism, each replica's own
+    ε̂): each batch is cut into `replicas` contiguous equal shards, each
+    replica takes the variant's direction on its shard with its own state
+    (`state`, then one `VariantState` per replica, which the caller may read
+    afterwards), and the optimizer applies the replicas' mean.
     `conventions` go to `descent_direction`.
     """
     params = [np.asarray(w, np.float64) for w in params]
-    state = LookSAMState() if state is None else state
-    for x, y in batches:
-        direction = descent_direction(variant, params, x, y, state, gradient, **conventions)
+    if state is None:
+        states = [VariantState() for _ in range(replicas)]
+    elif isinstance(state, VariantState):
+        states = [state]
+    else:
+        states = list(state)
+    if len(states) != replicas:
+        raise ValueError(f"{len(states)} states for {replicas} replicas")
+    for step, (x, y) in enumerate(batches):
+        stepped = variant if rho_at is None else replace(variant, rho=float(rho_at(step)))
+        size = len(x) // replicas
+        if size * replicas != len(x):
+            raise ValueError(f"a batch of {len(x)} rows does not split into {replicas} shards")
+        directions = [
+            descent_direction(
+                stepped, params, x[r * size:(r + 1) * size], y[r * size:(r + 1) * size],
+                states[r], gradient, **conventions,
+            )
+            for r in range(replicas)
+        ]
+        direction = [np.mean(d, axis=0) for d in zip(*directions)]
         params = optimizer.apply(params, direction)
     return params

@@ -8,6 +8,8 @@ release is adapted to in one file. Checked on Keras 3.10–3.15 and TensorFlow
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
 __all__ = [
@@ -21,8 +23,11 @@ __all__ = [
     "in_multi_worker_mode",
     "legacy_config_requested",
     "loss_tracker",
+    "own_variables",
+    "replica_copies",
     "run_on_each_replica",
     "seed_states",
+    "state_unlocked",
     "strategy_supports_no_merge_call",
     "unscale_loss_for_distribution",
 ]
@@ -115,6 +120,47 @@ def first_batch(epoch_iterator):
     for item in epoch_iterator:
         return next(item[-1])
     return None
+
+
+@contextlib.contextmanager
+def state_unlocked(layer):
+    """Lets a built `layer` create variables (its tracker unlocked, then relocked).
+
+    Keras locks a layer's state once it is built. A wrapper whose first call
+    came before its subclassed base had created its weights was built without
+    the state it keeps per weight, and creates it later; Keras's own
+    `_untrack_variable` unlocks the `_tracker` the same way. Keras 3.10–3.15.
+    """
+    locked = layer._tracker.locked
+    layer._tracker.unlock()
+    try:
+        yield
+    finally:
+        if locked:
+            layer._lock_state()
+
+
+def own_variables(layer) -> list:
+    """The variables `layer` itself holds, in the order Keras saves them.
+
+    `Layer.save_own_variables` stores `_trainable_variables +
+    _non_trainable_variables` under their index. Keras 3.10–3.15.
+    """
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
+def replica_copies(variable) -> list:
+    """The per-replica copies of a variable created under a `tf.distribute`
+    strategy (one element elsewhere).
+
+    Keras keeps the backend variable in `_value`; under `MirroredStrategy` it
+    is a `MirroredVariable` whose `.values` are the replicas' copies, which
+    may differ for a variable with `aggregation="none"` (state kept per
+    replica). TensorFlow 2.18–2.21, Keras 3.10–3.15.
+    """
+    value = getattr(variable, "_value", None)
+    copies = getattr(value, "values", None)
+    return list(copies) if isinstance(copies, (list, tuple)) and len(copies) > 1 else [variable]
 
 
 def legacy_config_requested() -> bool:

@@ -8,7 +8,10 @@
   of its first steps again. The wrapper saves its base's seed states with its
   own variables, and resumed training is bit for bit the uninterrupted one;
 - a variant's per-weight state (`variant_state.PerWeightState`) in
-  `tf.train.Checkpoint`s, which do not follow a list of variables;
+  `tf.train.Checkpoint`s, which do not follow a list of variables; and, in
+  `.keras` and weight files (so also `BackupAndRestore`), each replica's copy
+  of state a variant keeps per replica under `MirroredStrategy` (Keras saves
+  the first replica's only);
 - weight files before the first step: the wrapper is built like its base, and
   `load_weights` on a freshly compiled model builds the optimizer first, so
   that the optimizer's state is restored too (Keras skips it until a first
@@ -29,6 +32,8 @@ from keras_sam.variant_state import PerWeightState
 __all__ = ["SavedStateMixin"]
 
 _SEED_KEY = "seed_state_"
+_REPLICA_KEY = "replica_"
+_EXTRA_KEYS = (_SEED_KEY, _REPLICA_KEY)
 
 
 def holds_optimizer_state(filepath) -> bool:
@@ -76,13 +81,23 @@ class SavedStateMixin:
         super().save_own_variables(store)
         for i, state in enumerate(internals.seed_states(self)):
             store[f"{_SEED_KEY}{i}"] = state
+        # A variant's state kept per replica (sync_perturbation=False under
+        # MirroredStrategy): the other replicas' copies, beside Keras's one.
+        for i, variable in enumerate(internals.own_variables(self)):
+            for replica, copy in enumerate(internals.replica_copies(variable)[1:], start=1):
+                store[f"{_REPLICA_KEY}{replica}_{i}"] = copy.numpy()
 
     def load_own_variables(self, store):
-        seeds = {key: store[key] for key in store.keys() if key.startswith(_SEED_KEY)}
-        super().load_own_variables({key: store[key] for key in store.keys() if key not in seeds})
+        extra = {key: store[key] for key in store.keys() if key.startswith(_EXTRA_KEYS)}
+        super().load_own_variables({key: store[key] for key in store.keys() if key not in extra})
         for i, state in enumerate(internals.seed_states(self)):
-            if f"{_SEED_KEY}{i}" in seeds:  # absent from files of keras-sam 0.1.0
-                state.assign(seeds[f"{_SEED_KEY}{i}"])
+            if f"{_SEED_KEY}{i}" in extra:  # absent from files of keras-sam 0.1.0
+                state.assign(extra[f"{_SEED_KEY}{i}"])
+        for i, variable in enumerate(internals.own_variables(self)):
+            for replica, copy in enumerate(internals.replica_copies(variable)[1:], start=1):
+                key = f"{_REPLICA_KEY}{replica}_{i}"
+                if key in extra:  # saved with as many replicas
+                    copy.assign(extra[key])
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         children = super()._trackable_children(save_type, **kwargs)
@@ -93,6 +108,12 @@ class SavedStateMixin:
                 for i, variable in enumerate(per_weight.variables or []):
                     children[f"{per_weight.name}_{i}"] = variable
         return children
+
+    def _build_variant_state(self) -> None:
+        """Creates a variant's per-weight state now, outside any traced step,
+        if the base model's weights exist."""
+        for state in self._per_weight_states():
+            state.build()
 
     def _per_weight_states(self) -> list[PerWeightState]:
         """The `PerWeightState`s a variant keeps as attributes."""

@@ -59,20 +59,23 @@ class PerWeightState:
         return [v for v in self.model.base_model.weights if id(v) in created]
 
     def build(self) -> None:
-        """Creates the variables (once the base model's weights exist)."""
-        if self.variables is not None:
+        """Creates the variables, once the base model's weights exist."""
+        if self.variables is not None or not self.model.base_model.built:
             return
         weights = self._weights()
-        self.variables = [
-            self.model.add_weight(
-                shape=v.shape,
-                initializer="zeros",
-                dtype=self.dtype or v.dtype,
-                trainable=False,
-                name=self.name,
-            )
-            for v in weights
-        ]
+        # The wrapper may be built already: called before its subclassed base
+        # had created its weights.
+        with internals.state_unlocked(self.model):
+            self.variables = [
+                self.model.add_weight(
+                    shape=v.shape,
+                    initializer="zeros",
+                    dtype=self.dtype or v.dtype,
+                    trainable=False,
+                    name=self.name,
+                )
+                for v in weights
+            ]
         self._index = {id(v): i for i, v in enumerate(weights)}
 
     def of(self, weights) -> list:

@@ -41,6 +41,7 @@ class Trainer:
         if self.train_function is not None and not force:
             return self.train_function
         self._check_distribution_support()
+        self._build_variant_state()
         return super().make_train_function(force)
 
     @property

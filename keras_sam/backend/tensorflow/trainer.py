@@ -75,6 +75,7 @@ class Trainer:
         self._check_strategy_support()
         batch_splits.warn_if_misweighted(self.num_batch_splits, getattr(self, "loss", None))
         self._build_optimizer()
+        self._build_variant_state()
         if self.jit_compile and not self._xla_per_pass():
             warnings.warn(
                 f"{type(self).__name__}: `jit_compile=True` is ignored under "

@@ -13,6 +13,7 @@ import contextlib
 import keras
 
 __all__ = [
+    "compile_arguments",
     "compute_loss",
     "compute_output_spec",
     "created_trainable_variables",
@@ -21,6 +22,7 @@ __all__ = [
     "first_batch",
     "flatten_layers",
     "in_multi_worker_mode",
+    "kerashub_pipeline_model",
     "legacy_config_requested",
     "loss_tracker",
     "own_variables",
@@ -161,6 +163,44 @@ def replica_copies(variable) -> list:
     value = getattr(variable, "_value", None)
     copies = getattr(value, "values", None)
     return list(copies) if isinstance(copies, (list, tuple)) and len(copies) > 1 else [variable]
+
+
+def compile_arguments(model: keras.Model) -> dict:
+    """The arguments `model.compile` resolved and recorded (optimizer, loss,
+    metrics, ...), as `compile_from_config` reads them (`_compile_config`).
+
+    KerasHub tasks resolve their "auto" defaults in their own `compile`; the
+    wrapper compiles itself with what the task's compile recorded.
+    Keras 3.10–3.15.
+    """
+    return dict(model._compile_config.config)
+
+
+def kerashub_pipeline_model():
+    """KerasHub's `PipelineModel` (the base of every Task, which preprocesses
+    in `fit`/`evaluate`/`predict`), or None when keras_hub is not imported.
+
+    It lives in `keras_hub.src.utils.pipeline_model` in keras-hub 0.17–0.32;
+    elsewhere it is found among the Task's bases. A Task base model means
+    keras_hub was imported already, so this never imports it.
+    """
+    import sys
+
+    hub = sys.modules.get("keras_hub")
+    if hub is None:
+        return None
+    try:
+        from keras_hub.src.utils.pipeline_model import PipelineModel
+    except ImportError:
+        return next(
+            (
+                c
+                for c in hub.models.Task.__mro__
+                if "preprocess_samples" in vars(c) and "fit" in vars(c)
+            ),
+            None,
+        )
+    return PipelineModel
 
 
 def legacy_config_requested() -> bool:

@@ -20,6 +20,7 @@ from keras_sam import backend, batch_splits, selection
 from keras_sam.gradient_frame import GradientFrame
 from keras_sam.gradient_math import as_dense
 from keras_sam.guard import StepGuard
+from keras_sam.kerashub import TaskSupportMixin
 from keras_sam.perturbation import perturbation, validate_p
 from keras_sam.saving import SavedStateMixin
 
@@ -29,7 +30,7 @@ MAX_BATCH_SPLITS = batch_splits.MAX_BATCH_SPLITS
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
-class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
+class SAMModel(backend.Trainer, SavedStateMixin, TaskSupportMixin, keras.Model):
     """Wraps a Keras model so that `fit` trains it with SAM.
 
     `predict`, `evaluate`, `__call__`, `summary` and `export` are the base
@@ -425,7 +426,7 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
                 "Save the weights (`save_weights`), or use `perturb=\"normalization\"`."
             )
         schedule = self._rho_schedule
-        return {
+        return self._task_free_config({
             "name": self.name,
             "trainable": self.trainable,
             "base_model": keras.saving.serialize_keras_object(self.base_model),
@@ -441,7 +442,7 @@ class SAMModel(backend.Trainer, SavedStateMixin, keras.Model):
             # It decides whether `compile` wraps the optimizer in a
             # LossScaleOptimizer, also after `load_model`.
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-        }
+        })
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

@@ -60,9 +60,11 @@ class SavedStateMixin:
     """The saving half of `SAMModel` (see the module docstring)."""
 
     def save(self, filepath, *args, **kwargs):
-        """As Keras's; the legacy HDF5 format (`.h5`) is refused up front."""
+        """As Keras's; what cannot be saved (the legacy HDF5 format `.h5`, a
+        config that does not serialize) is refused before a file is opened."""
         if str(filepath).endswith((".h5", ".hdf5")):
             raise self._legacy_hdf5_error(f"Received: filepath={str(filepath)!r}.")
+        self.get_config()  # raises for what cannot be saved, before Keras opens the file
         return super().save(filepath, *args, **kwargs)
 
     def save_weights(self, filepath, *args, **kwargs):

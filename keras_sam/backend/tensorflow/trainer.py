@@ -29,7 +29,37 @@ from keras_sam import batch_splits
 from keras_sam.backend.tensorflow import passes, replicas
 from keras_sam.gradient_math import as_dense
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "check_strategy", "supported_strategies"]
+
+
+def supported_strategies() -> tuple[type, ...]:
+    """The `tf.distribute` strategies a SAM step runs under (tested, except
+    `TPUStrategy`, which runs the same replica code as `MirroredStrategy`)."""
+    return (
+        tf.distribute.OneDeviceStrategy,
+        tf.distribute.MirroredStrategy,
+        tf.distribute.MultiWorkerMirroredStrategy,
+        tf.distribute.TPUStrategy,
+    )
+
+
+def check_strategy(strategy) -> None:
+    """Raises a `ValueError` naming `strategy` unless a SAM step runs under it."""
+    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        return  # the default strategy: one device
+    if isinstance(strategy, supported_strategies()):
+        return
+    names = ", ".join(
+        f"`tf.distribute.{name}`"
+        for name in ("OneDeviceStrategy", "MirroredStrategy", "MultiWorkerMirroredStrategy")
+    ) + " and `tf.distribute.TPUStrategy`"
+    name = type(strategy).__name__.removesuffix("V2").removesuffix("V1")
+    raise ValueError(
+        f"keras-sam does not support `{name}`: its training step "
+        "runs on replicas that hold the variables and compute both passes "
+        f"together. Supported: {names}, or no strategy (one device). "
+        "`ParameterServerStrategy` fails for plain Keras 3 `fit` as well."
+    )
 
 
 def _named(function, name: str):
@@ -60,6 +90,10 @@ class Trainer:
     """The TensorFlow half of `SAMModel` (see the module docstring)."""
 
     # ----------------------------------------------------- Keras's entry points
+    def __init__(self, *args, **kwargs):
+        check_strategy(tf.distribute.get_strategy())
+        super().__init__(*args, **kwargs)
+
     def train_step(self, data):
         with tf.name_scope(_STEP_SCOPE):
             logs = self._sam_train_step(data)
@@ -219,6 +253,7 @@ class Trainer:
             self.jit_compile = jit_compile
 
     def _check_strategy_support(self):
+        check_strategy(self.distribute_strategy)
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         steps = getattr(optimizer, "gradient_accumulation_steps", None)
         strategy = self.distribute_strategy

@@ -50,11 +50,14 @@ class SharpnessMonitor(keras.callbacks.Callback):
 
     Args:
         data: what to measure on: a `tf.data.Dataset` of `(x, y)` or
-            `(x, y, sample_weight)` batches, or such a tuple of arrays (one
+            `(x, y, sample_weight)` batches, such a tuple of arrays (one
             batch unless `batch_size` is given, as for
-            `keras_sam.diagnostics.sharpness`). A held-out set measures the minimum without the
-            training data's noise; a few training batches measure what SAM
-            minimises.
+            `keras_sam.diagnostics.sharpness`), or another iterable of such
+            batches (a `keras.utils.PyDataset` is read at every measurement;
+            a generator is read once, here, and kept). A held-out set
+            measures the minimum without the training data's noise; a few
+            training batches measure what SAM minimises. On either Keras
+            backend, TensorFlow or JAX.
         every: measure every this many epochs, >= 1. Defaults to `1`.
         rho: the ρ of the sharpness. Defaults to `0.05`.
         hessian: also log the top Hessian eigenvalue (one pass over the

@@ -19,6 +19,10 @@ model's compiled loss (with `model.losses`) in inference mode
 
 `keras_sam.callbacks.SharpnessMonitor` logs the first two every few epochs.
 
+They run on Keras's TensorFlow and JAX backends alike, with the same
+numbers up to float32 rounding (the Hessian's random start included), on
+data given as a `tf.data.Dataset`, as arrays or as any iterable of batches.
+
 None of them assigns a weight: losses at moved weights are evaluated inside a
 `keras.StatelessScope` that reads each trainable variable as a given tensor.
 The model is bit-for-bit unchanged afterwards, even when an error interrupts a

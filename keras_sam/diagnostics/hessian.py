@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_sam import _validation as check
 from keras_sam.diagnostics._common import (
-    batch_rows,
+    Spec,
+    backend,
     check_batches,
     check_compiled_model,
     dataset_of,
@@ -23,12 +23,20 @@ from keras_sam.diagnostics._common import (
 __all__ = ["hessian_eigenvalues"]
 
 
-def _dot(a, b) -> tf.Tensor:
-    return tf.add_n([tf.reduce_sum(u * v) for u, v in zip(a, b, strict=True)])
+ops = keras.ops
+
+
+def _dot(a, b):
+    """Σ_i sum(a_i·b_i), added left to right (as `tf.add_n` adds: the same bits)."""
+    total = None
+    for u, v in zip(a, b, strict=True):
+        term = ops.sum(u * v)
+        total = term if total is None else total + term
+    return total
 
 
 def _normalized(vector):
-    norm = tf.sqrt(_dot(vector, vector))
+    norm = ops.sqrt(_dot(vector, vector))
     return [v / norm for v in vector], float(norm)
 
 
@@ -58,9 +66,10 @@ def hessian_eigenvalues(
     The Hessian H of the compiled loss (with `model.losses`, inference mode)
     with respect to the trainable weights, averaged over the batches used
     (weighted by batch size), is never formed: each iteration needs only the
-    product Hv, computed exactly by double backpropagation (the gradient of
-    ∇L·v), in float32 under `tf.function` (traced once per model and kept
-    with it, like `model.predict_function`).
+    product Hv, computed exactly in float32: on TensorFlow by double
+    backpropagation (the gradient of ∇L·v) under `tf.function`, on JAX
+    forward over reverse (`jax.jvp` of `jax.grad`) under `jax.jit`, traced
+    once per model and kept with it, like `model.predict_function`.
 
     The iteration is Lanczos's: power iteration that keeps every iterate.
     From a fixed random start v, the products Hv, H²v, … span a Krylov
@@ -73,7 +82,10 @@ def hessian_eigenvalues(
     (λ₂/λ₁)^(2·iterations), which stalls when λ₂ is close to λ₁, as in most
     real spectra. With m ≥ the number of weights the result is exact up to
     float32 rounding. If the subspace stops growing (H is zero or of low
-    rank along it), it restarts from a new random direction.
+    rank along it), it restarts from a new random direction. The random
+    directions are `tf.random.stateless_normal`'s on every backend (drawn in
+    NumPy on JAX), so that an estimate that has not converged is the same
+    on TensorFlow and JAX too, up to float32 rounding.
 
     The m = min(k·iterations, number of weights) vectors are kept: memory
     for m copies of the trainable weights.
@@ -93,7 +105,9 @@ def hessian_eigenvalues(
     Args:
         model: a compiled `keras.Model`, plain or `SAMModel`.
         data: a `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)`
-            batches, or such a tuple of arrays (batched by `batch_size`).
+            batches, such a tuple of arrays (batched by `batch_size`), or
+            another iterable of such batches (a generator is read once and
+            kept; the iteration passes over the batches once per step).
         k: how many eigenvalues, >= 1. Defaults to `1`.
         iterations: Lanczos steps per eigenvalue asked for, >= 1: the
             subspace grows to k·iterations vectors (at most the number of
@@ -129,7 +143,7 @@ def hessian_eigenvalues(
 
     def hvp(vector):
         """Hv for the batch-size-weighted mean of the batches' Hessians."""
-        total, count = [tf.zeros_like(v) for v in vector], 0
+        total, count = [ops.zeros_like(v) for v in vector], 0
         for batch in dataset:
             products, rows = hvp_of(batch, vector)
             rows = int(rows)
@@ -150,9 +164,9 @@ _BREAKDOWN = 1e-5
 
 def _random_direction(shapes: list, seed: int, draw: int, basis: list):
     """A fixed random unit vector orthogonal to `basis`."""
+    draw_normal = backend().stateless_normal  # the same numbers on every backend
     vector = [
-        tf.random.stateless_normal(shape, seed=[seed, draw * len(shapes) + i])
-        for i, shape in enumerate(shapes)
+        draw_normal(shape, seed=[seed, draw * len(shapes) + i]) for i, shape in enumerate(shapes)
     ]
     vector, _ = _project_out(_project_out(vector, basis)[0], basis)
     return _normalized(vector)[0]
@@ -185,24 +199,18 @@ def _top_eigenvalues(hvp: Callable, shapes: list, k: int, steps: int, seed: int)
 
 
 def _traced_hvp(model: keras.Model) -> Callable:
-    """(Hv, rows) of one batch by double backpropagation, traced per dataset."""
-    variables = model.trainable_variables
+    """(Hv, rows) of one batch from exact second derivatives, traced per dataset."""
+    product_of = backend().hessian_vector_product
+    rows_of = backend().batch_rows
 
-    def batch_hvp(batch, vector):
+    def batch_hvp(weights, state, batch, vector):
         x, y, sample_weight = unpack(batch)
-        weights = [v.value for v in variables]
-        with tf.GradientTape() as outer:
-            outer.watch(weights)
-            with tf.GradientTape() as inner:
-                inner.watch(weights)
-                loss = stateless_loss(model, x, y, sample_weight, weights)
-            gradients = inner.gradient(
-                loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
-            gradient_dot_vector = _dot([tf.cast(g, tf.float32) for g in gradients], vector)
-        products = outer.gradient(
-            gradient_dot_vector, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
-        return [tf.cast(h, tf.float32) for h in products], batch_rows(x)
 
-    return traced_per_dataset(batch_hvp, [tf.TensorSpec(v.shape, tf.float32) for v in variables])
+        def loss_at(values):
+            return stateless_loss(model, x, y, sample_weight, values, state)
+
+        return product_of(loss_at, weights, vector), rows_of(x)
+
+    return traced_per_dataset(
+        model, batch_hvp, [Spec(tuple(v.shape)) for v in model.trainable_variables]
+    )

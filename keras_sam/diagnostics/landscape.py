@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_sam import _validation as check
 from keras_sam.diagnostics._common import (
-    batch_rows,
+    Spec,
+    backend,
     check_batches,
     check_compiled_model,
     dataset_of,
@@ -145,7 +145,7 @@ def loss_landscape(
     evaluated inside a `keras.StatelessScope`: the weights are never assigned,
     and the model is bit-for-bit unchanged afterwards, even if an error stops
     the computation. All offsets are evaluated in one pass over `data`, by a
-    graph traced once per model.
+    graph traced once per model (`tf.function`, or `jax.jit` on JAX).
 
     Example:
 
@@ -163,7 +163,8 @@ def loss_landscape(
     Args:
         model: a compiled `keras.Model`, plain or `SAMModel`.
         data: a `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)`
-            batches, or such a tuple of arrays (batched by `batch_size`).
+            batches, such a tuple of arrays (batched by `batch_size`), or
+            another iterable of such batches (a generator is read once).
         directions: 1 for a line, 2 for a plane. Defaults to `1`.
         span: offsets run over [−span, span], span > 0. Defaults to `1.0`.
         points: offsets per direction, >= 2; odd includes 0. Defaults to `21`.
@@ -195,7 +196,7 @@ def loss_landscape(
     normalization = _check_normalization(normalization)
     seed = check.check_int("seed", seed, minimum=0)
     dataset = dataset_of(data, batches=check_batches(batches), batch_size=batch_size)
-    weights = [v.numpy() for v in model.trainable_variables]
+    weights = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
     drawn = tuple(random_direction(weights, normalization, seed + i) for i in range(directions))
     alphas = _offsets(span, points)
     betas = alphas.copy() if directions == 2 else None
@@ -205,7 +206,7 @@ def loss_landscape(
     second = drawn[1] if directions == 2 else [np.zeros_like(d) for d in drawn[0]]
     losses_of = traced_for_model(model, ("loss_landscape",), _traced_losses)(dataset)
     per_batch = (
-        (losses.numpy(), rows.numpy())
+        (np.asarray(losses), np.asarray(rows))
         for losses, rows in (losses_of(b, offsets, drawn[0], second) for b in dataset)
     )
     mean_losses = weighted_mean(per_batch)
@@ -228,25 +229,26 @@ def _traced_losses(model: keras.Model) -> Callable:
     Offsets and directions are arguments, so every landscape of a model shares
     one trace.
     """
-    variables = model.trainable_variables
+    ops = keras.ops
+    map_losses = backend().map_losses
+    rows_of = backend().batch_rows
 
-    def losses_at_offsets(batch, offsets, first, second):
+    def losses_at_offsets(centre, state, batch, offsets, first, second):
         x, y, sample_weight = unpack(batch)
-        centre = [v.value for v in variables]
 
         def loss_at(offset):
             moved = [
-                w + tf.cast(offset[0] * d + offset[1] * e, w.dtype)
+                w + ops.cast(offset[0] * d + offset[1] * e, w.dtype)
                 for w, d, e in zip(centre, first, second, strict=True)
             ]
-            return tf.cast(stateless_loss(model, x, y, sample_weight, moved), tf.float32)
+            return ops.cast(stateless_loss(model, x, y, sample_weight, moved, state), "float32")
 
-        losses = tf.map_fn(loss_at, offsets, fn_output_signature=tf.float32)
+        losses = map_losses(loss_at, offsets)
         # The centre is read as is (w + 0·d could turn -0.0 into 0.0).
-        centre_loss = tf.cast(stateless_loss(model, x, y, sample_weight, centre), tf.float32)
-        return tf.concat([losses, [centre_loss]], 0), batch_rows(x)
+        centre_loss = ops.cast(stateless_loss(model, x, y, sample_weight, centre, state), "float32")
+        return ops.concatenate([losses, ops.reshape(centre_loss, (1,))], 0), rows_of(x)
 
-    direction_spec = [tf.TensorSpec(v.shape, tf.float32) for v in variables]
+    direction_spec = [Spec(tuple(v.shape)) for v in model.trainable_variables]
     return traced_per_dataset(
-        losses_at_offsets, tf.TensorSpec((None, 2), tf.float32), direction_spec, direction_spec
+        model, losses_at_offsets, Spec((None, 2)), direction_spec, direction_spec
     )

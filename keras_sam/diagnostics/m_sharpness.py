@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
-import tensorflow as tf
+import numpy as np
 
 from keras_sam import _validation as check
 from keras_sam.diagnostics._common import (
-    batch_rows,
+    Spec,
+    backend,
     check_batches,
     check_compiled_model,
     dataset_of,
@@ -46,8 +47,9 @@ def sharpness(
     the mean weighted by batch size, as `model.evaluate` averages. L is the
     compiled loss with `model.losses`, in inference mode (`training=False`):
     deterministic, and no BatchNorm statistic is touched. The weights are never
-    assigned (see `keras_sam.diagnostics`). The traced graph is kept with the
-    model, so that repeated calls (a sweep over `rho`) trace only once.
+    assigned (see `keras_sam.diagnostics`). The traced graph (`tf.function`,
+    or `jax.jit` on JAX) is kept with the model, so that repeated calls (a
+    sweep over `rho`) trace only once.
 
     Example:
 
@@ -64,8 +66,9 @@ def sharpness(
     Args:
         model: a compiled `keras.Model`, plain or `SAMModel`.
         data: a `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)`
-            batches (one ε̂ per batch), or such a tuple of arrays (one batch,
-            unless `batch_size` is given).
+            batches (one ε̂ per batch), such a tuple of arrays (one batch,
+            unless `batch_size` is given), or another iterable of such
+            batches (a generator is read once and kept).
         rho: radius 0 <= ρ <= 1e4 of the neighbourhood. Defaults to `0.05`.
         p: norm of the ball, 1 < p <= inf. Defaults to `2`.
         adaptive: ASAM's scale-invariant ball. Defaults to `False`.
@@ -93,25 +96,25 @@ def sharpness(
     rise_of = traced_for_model(
         model, ("sharpness", p, adaptive, eta), lambda m: _traced_rise(m, p, adaptive, eta)
     )(dataset)
-    rho = tf.constant(rho, tf.float32)  # an argument: a sweep over rho traces once
-    rises = ((d.numpy(), n.numpy()) for d, n in (rise_of(b, rho) for b in dataset))
+    rho = np.float32(rho)  # an argument: a sweep over rho traces once
+    rises = ((np.asarray(d), np.asarray(n)) for d, n in (rise_of(b, rho) for b in dataset))
     return float(weighted_mean(rises))
 
 
 def _traced_rise(model: keras.Model, p: float, adaptive: bool, eta: float) -> Callable:
     """(L_b(w + ε̂_b) − L_b(w), rows) of one batch, traced per dataset."""
-    variables = model.trainable_variables
+    gradients_of = backend().value_and_gradients
+    rows_of = backend().batch_rows
 
-    def rise(batch, rho):
+    def rise(weights, state, batch, rho):
         x, y, sample_weight = unpack(batch)
-        weights = [v.value for v in variables]
-        with tf.GradientTape() as tape:
-            tape.watch(weights)
-            loss = stateless_loss(model, x, y, sample_weight, weights)
-        gradients = tape.gradient(loss, weights)
+
+        def loss_at(values):
+            return stateless_loss(model, x, y, sample_weight, values, state)
+
+        loss, gradients = gradients_of(loss_at, weights)
         e_hat = perturbation(gradients, weights, rho, p=p, adaptive=adaptive, eta=eta)
         moved = [w if e is None else w + e for w, e in zip(weights, e_hat, strict=True)]
-        perturbed_loss = stateless_loss(model, x, y, sample_weight, moved)
-        return perturbed_loss - loss, batch_rows(x)
+        return loss_at(moved) - loss, rows_of(x)
 
-    return traced_per_dataset(rise, tf.TensorSpec((), tf.float32))
+    return traced_per_dataset(model, rise, Spec(()))

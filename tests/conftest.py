@@ -43,6 +43,7 @@ _SLOWEST_MODULES = (
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "tensorflow_only: needs the TensorFlow backend")
     # pytest-xdist would otherwise queue modules by their number of tests,
     # which puts the one-test, 90-second demo claim last.
     if hasattr(config.option, "loadscopereorder"):

@@ -4,7 +4,13 @@ The references are closed forms: for a linear least-squares model the loss is
 exactly quadratic in the weights, L(w + ε) = L(w) + gᵀε + ½ εᵀHε with
 H = 2 X̃ᵀSX̃ / n (X̃ the inputs with a column of ones for the bias, S the sample
 weights), so sharpness, Hessian eigenvalues and landscapes are computed here
-in float64 NumPy, independently of TensorFlow.
+in float64 NumPy, independently of the Keras backend.
+
+Every test runs on TensorFlow and on JAX (`KERAS_BACKEND=jax`), with data
+built in NumPy: arrays, or `_Batches` (a `keras.utils.PyDataset`, which
+`fit`, `evaluate` and the diagnostics all read on either backend). Tests of
+TensorFlow specifics are marked `tensorflow_only`; the JAX run deselects
+them with `-m "not tensorflow_only"`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import keras
 import matplotlib.image
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_sam.callbacks
 import keras_sam.diagnostics
@@ -40,6 +45,31 @@ ROWS, FEATURES, BATCH = 64, 5, 24  # batches of 24, 24 and 16 rows
 # Eigenvalues of the Hessian 2XᵀX/n, well separated (so that even 20 power
 # iterations would converge far below the tolerance); the bias adds 2 = 2n/n.
 SPECTRUM = np.array([10.0, 6.0, 3.0, 1.0, 0.5])
+
+tensorflow_only = pytest.mark.tensorflow_only
+
+
+class _Batches(keras.utils.PyDataset):
+    """`arrays` in batches of `size` rows, in order, the last one shorter.
+
+    Read alike by `fit`, `evaluate` and the diagnostics on every backend.
+    `fail_at_read=n` raises in the middle (after two batches) of the n-th
+    pass over the batches, counted from 1.
+    """
+
+    def __init__(self, arrays, size, *, fail_at_read=None):
+        super().__init__()
+        self.arrays, self.size, self.fail_at_read, self.reads = tuple(arrays), size, fail_at_read, 0
+
+    def __len__(self):
+        return -(-len(self.arrays[0]) // self.size)
+
+    def __getitem__(self, index):
+        if index == 0:
+            self.reads += 1
+        if index == 2 and self.reads == self.fail_at_read:
+            raise RuntimeError("data source failed")
+        return tuple(a[index * self.size : (index + 1) * self.size] for a in self.arrays)
 
 
 # ------------------------------------------------------------------ problem
@@ -71,7 +101,7 @@ def _linear_problem(*, bias: bool, sample_weights: bool = False):
         + ([np.array([0.7], "float32")] if bias else [])
     )
     arrays = (x, y) if weights is None else (x, y, weights)
-    return model, tf.data.Dataset.from_tensor_slices(arrays).batch(BATCH)
+    return model, _Batches(arrays, BATCH)
 
 
 def _flat_weights(model) -> np.ndarray:
@@ -102,25 +132,27 @@ def _quadratic(model, x, y, sample_weight=None):
 
 
 def _batches(dataset):
-    return [tuple(t.numpy() for t in batch) for batch in dataset]
+    return [tuple(np.asarray(t) for t in batch) for batch in dataset]
 
 
 def _state(model) -> list[bytes]:
     """Every variable of the model (BatchNorm statistics too), as raw bytes."""
-    return [np.asarray(v.numpy()).tobytes() for v in model.variables]
+    return [keras.ops.convert_to_numpy(v).tobytes() for v in model.variables]
 
 
 def _conv_model(*, sam: bool = False, trained: bool = True):
-    """Conv + BatchNorm + Dropout + L2 + Dense, with sample-weighted data.
+    """Conv + BatchNorm + Dropout + L2 + Dense, with sample-weighted data in
+    three batches of 32 (one batch shape: one trace of each function on JAX;
+    the linear problem's batches differ in size).
 
     Trained one epoch (so that the BatchNorm statistics are not the initial
     ones) unless `trained=False`.
     """
     keras.utils.set_random_seed(3)
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(80, 6, 6, 2)).astype("float32")
-    y = rng.integers(0, 3, size=80)
-    weights = rng.uniform(0.2, 2.0, size=80).astype("float32")
+    x = rng.normal(size=(96, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, size=96).astype("int32")
+    weights = rng.uniform(0.2, 2.0, size=96).astype("float32")
     base = keras.Sequential(
         [
             keras.Input((6, 6, 2)),
@@ -137,7 +169,7 @@ def _conv_model(*, sam: bool = False, trained: bool = True):
         optimizer=keras.optimizers.SGD(0.05),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    dataset = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(32)  # 32, 32, 16
+    dataset = _Batches((x, y, weights), 32)
     if trained:
         model.fit(dataset, epochs=1, verbose=0)
     return model, dataset
@@ -177,7 +209,7 @@ def test_hessian_eigenvalues_of_an_ordinary_random_problem(features, k):
     40 features the default 20 steps span fewer directions than there are
     weights."""
     rng = np.random.default_rng(features)
-    rows = 300
+    rows = 256  # two batches of the default 128
     x = rng.normal(size=(rows, features)).astype("float32")
     y = rng.normal(size=(rows, 1)).astype("float32")
     model = keras.Sequential([keras.Input((features,)), keras.layers.Dense(1)])
@@ -206,13 +238,14 @@ def _mlp_loss(params, x, y) -> float:
 
 def test_hessian_of_a_nonlinear_model_matches_finite_differences():
     """Exact HVPs through tanh, against NumPy's second differences of the loss."""
-    keras.utils.set_random_seed(2)
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 1))
     model = keras.Sequential(
         [keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)]
     )
     model.compile(loss="mse")
+    # Drawn in NumPy, not by Keras's initializers: the same on every backend.
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
     shapes = [w.shape for w in model.get_weights()]
     centre = np.concatenate([w.astype(np.float64).reshape(-1) for w in model.get_weights()])
 
@@ -361,7 +394,7 @@ def test_landscape_values_equal_the_quadratic_along_the_directions(directions):
 
 def test_filter_normalization_matches_each_filter_and_zeroes_1d_weights(conv):
     model, dataset = conv
-    weights = [v.numpy() for v in model.trainable_variables]
+    weights = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
     direction = random_direction(weights, "filter", seed=5)
     for w, d in zip(weights, direction, strict=True):
         assert d.shape == w.shape and d.dtype == np.float32
@@ -384,8 +417,32 @@ def test_filter_normalization_matches_each_filter_and_zeroes_1d_weights(conv):
 
 
 # ----------------------------------------------------- weights are untouched
-def _failing_dataset(batches):
+def test_every_diagnostic_leaves_every_variable_bit_identical(conv):
+    model, dataset = conv
+    before = _state(model)
+    sharpness(model, dataset, rho=0.2)
+    hessian_eigenvalues(model, dataset, k=2, iterations=2)
+    loss_landscape(model, dataset, points=3)
+    loss_landscape(model, dataset, directions=2, points=3)
+    assert _state(model) == before
+    # The data fails in the middle of a pass: the first one, or (the
+    # iteration's third Hessian-vector product) after two passes.
+    for read, run in (
+        (1, lambda failing: sharpness(model, failing)),
+        (3, lambda failing: hessian_eigenvalues(model, failing, iterations=4)),
+        (1, lambda failing: loss_landscape(model, failing, directions=2, points=3)),
+    ):
+        failing = _Batches(dataset.arrays, dataset.size, fail_at_read=read)
+        with pytest.raises(Exception, match="data source failed"):  # wrapped by tf.data
+            run(failing)
+        assert failing.reads == read
+        assert _state(model) == before
+
+
+def _failing_tf_dataset(batches):
     """Yields `batches`, then raises in the middle of a pass."""
+    import tensorflow as tf
+
     specs = tuple(tf.TensorSpec((None, *b.shape[1:]), tf.as_dtype(b.dtype)) for b in batches[0])
 
     def generate():
@@ -395,15 +452,13 @@ def _failing_dataset(batches):
     return tf.data.Dataset.from_generator(generate, output_signature=specs)
 
 
-def test_every_diagnostic_leaves_every_variable_bit_identical(conv):
+@tensorflow_only
+def test_a_failing_tf_data_pipeline_leaves_every_variable_bit_identical(conv):
+    import tensorflow as tf
+
     model, dataset = conv
     before = _state(model)
-    sharpness(model, dataset, rho=0.2)
-    hessian_eigenvalues(model, dataset, k=2, iterations=2)
-    loss_landscape(model, dataset, points=3)
-    loss_landscape(model, dataset, directions=2, points=3)
-    assert _state(model) == before
-    failing = _failing_dataset(_batches(dataset))
+    failing = _failing_tf_dataset(_batches(dataset))
     for run in (
         lambda: sharpness(model, failing),
         lambda: hessian_eigenvalues(model, failing, iterations=2),
@@ -482,19 +537,14 @@ def test_monitor_logs_what_a_direct_call_measures_on_a_plain_model():
 
 def test_loggers_listed_before_the_monitor_still_record_its_keys(tmp_path):
     """Keras calls callbacks in list order; the monitor moves itself to the
-    front, so that CSVLogger's and TensorBoard's first row already has its keys."""
+    front, so that CSVLogger's first row already has its keys."""
     model, dataset = _conv_model(trained=False)
     monitor = SharpnessMonitor(dataset, hessian_iterations=2, batches=1)
     csv_path = tmp_path / "log.csv"
     stopping = keras.callbacks.EarlyStopping(
         monitor="hessian_max_eigenvalue", mode="min", patience=5
     )
-    callbacks = [
-        keras.callbacks.CSVLogger(str(csv_path)),
-        keras.callbacks.TensorBoard(str(tmp_path / "tb")),
-        stopping,
-        monitor,
-    ]
+    callbacks = [keras.callbacks.CSVLogger(str(csv_path)), stopping, monitor]
     history = model.fit(dataset, epochs=2, callbacks=callbacks, verbose=0).history
     assert callbacks[-1] is monitor  # the user's list is left as it was
     rows = csv_path.read_text().splitlines()
@@ -503,21 +553,31 @@ def test_loggers_listed_before_the_monitor_still_record_its_keys(tmp_path):
     column = header.index("hessian_max_eigenvalue")
     logged = [float(row.split(",")[column]) for row in rows[1:]]
     np.testing.assert_allclose(logged, history["hessian_max_eigenvalue"], rtol=1e-6)
+    assert stopping.best == min(history["hessian_max_eigenvalue"])
+
+
+@tensorflow_only
+def test_tensorboard_listed_before_the_monitor_records_its_keys(tmp_path):
+    import tensorflow as tf
+
+    model, dataset = _conv_model(trained=False)
+    monitor = SharpnessMonitor(dataset, hessian_iterations=2, batches=1)
+    callbacks = [keras.callbacks.TensorBoard(str(tmp_path / "tb")), monitor]
+    model.fit(dataset, epochs=1, callbacks=callbacks, verbose=0)
     tags = set()
     for path in (tmp_path / "tb" / "train").glob("events*"):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             tags.update(value.tag for value in event.summary.value)
     assert {"epoch_sharpness", "epoch_hessian_max_eigenvalue"} <= tags
-    assert stopping.best == min(history["hessian_max_eigenvalue"])
 
 
 def test_early_stopping_listed_before_the_monitor_acts_on_its_key():
     """No logger in the list: the monitor still runs before `EarlyStopping`."""
     model, dataset = _conv_model(trained=False)
     monitor = SharpnessMonitor(dataset, hessian_iterations=2, batches=1)
-    # Never reaches the baseline: stops at the second epoch if it sees the key.
+    # Never improves by 1e9: stops at the second epoch if it sees the key.
     stopping = keras.callbacks.EarlyStopping(
-        monitor="hessian_max_eigenvalue", mode="max", baseline=1e9, patience=0
+        monitor="hessian_max_eigenvalue", mode="max", min_delta=1e9, patience=0
     )
     history = model.fit(dataset, epochs=4, callbacks=[stopping, monitor], verbose=0).history
     assert len(history["hessian_max_eigenvalue"]) == 2
@@ -542,9 +602,7 @@ def test_the_monitor_measures_the_ema_weights_swapped_in_before_it():
     model = keras.Sequential(
         [keras.Input((3,)), keras.layers.Dense(4, "tanh"), keras.layers.Dense(1)]
     )
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.5), loss="mse"
-    )
+    model.compile(optimizer=keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.5), loss="mse")
     monitor = SharpnessMonitor((x, y), hessian=False)
     after = _MeasureAtEpochEnd((x, y))
     callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True), monitor, after]
@@ -565,6 +623,106 @@ def test_monitor_on_sam_model_keeps_sam_sharpness_and_logs_its_own():
     assert "val_sharp" in model.fit(dataset, epochs=1, callbacks=[named], verbose=0).history
 
 
+# ----------------------------------------------------------- data forms
+def test_every_form_of_data_gives_the_same_numbers():
+    """Arrays with `batch_size`, a PyDataset (read at every pass), a generator
+    (read once and kept) and a list of batches passed as an iterator are the
+    same batches, so the same numbers, bit for bit."""
+    model, dataset = _linear_problem(bias=True, sample_weights=True)
+    forms = {  # each call gets a new generator or iterator
+        "arrays": (lambda: dataset.arrays, {"batch_size": BATCH}),
+        "PyDataset": (lambda: dataset, {}),
+        "generator": (lambda: (batch for batch in dataset), {}),
+        "iterator": (lambda: iter(_batches(dataset)), {}),
+    }
+    measured = {}
+    for name, (data, options) in forms.items():
+        measured[name] = (
+            sharpness(model, data(), rho=0.5, **options),
+            hessian_eigenvalues(model, data(), k=2, iterations=3, **options),
+            loss_landscape(model, data(), points=3, **options).losses.tolist(),
+        )
+    assert all(value == measured["arrays"] for value in measured.values()), measured
+    one = sharpness(model, (batch for batch in dataset), rho=0.5, batches=1)
+    assert one == sharpness(model, _batches(dataset)[0], rho=0.5)
+
+
+def test_a_tf_data_dataset_is_read_on_every_backend():
+    """tf.data stays an input format on JAX (read as NumPy), with the numbers
+    of the same batches given any other way."""
+    tf = pytest.importorskip("tensorflow")
+    model, dataset = _linear_problem(bias=True, sample_weights=True)
+    pipeline = tf.data.Dataset.from_tensor_slices(dataset.arrays).batch(BATCH)
+    assert sharpness(model, pipeline, rho=0.5) == sharpness(model, dataset, rho=0.5)
+    assert sharpness(model, pipeline, rho=0.5, batches=2) == sharpness(
+        model, dataset, rho=0.5, batches=2
+    )
+    np.testing.assert_allclose(
+        hessian_eigenvalues(model, pipeline, k=2),
+        hessian_eigenvalues(model, dataset, k=2),
+        rtol=1e-6,
+    )
+    monitor = SharpnessMonitor(pipeline, hessian_iterations=3)
+    x, y, _ = dataset.arrays
+    history = model.fit(x, y, batch_size=ROWS, callbacks=[monitor], verbose=0).history
+    assert history["sharpness"] == [sharpness(model, dataset)]
+
+
+# The same model, weights and data on every backend (NumPy draws), measured
+# on TensorFlow 2.21 (CPU): JAX must agree to float32 rounding. Two Lanczos
+# steps are far from converged (another seed moves λ₂ by 60%), so the
+# Hessian numbers check that JAX starts from TensorFlow's random direction.
+TENSORFLOW_NUMBERS = {
+    "hessian": [5.246089292391097, 1.2788711691203443],
+    "sharpness": 0.4873332977294922,
+    "adaptive": 0.3939662277698517,
+    "landscape": [2.722912073135376, 4.665533542633057, 7.765383720397949],
+}
+
+
+def test_every_backend_gives_tensorflows_numbers():
+    rng = np.random.default_rng(11)
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(2)]
+    )
+    model.compile(loss="mse")
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    data = (rng.normal(size=(50, 3)).astype("float32"), rng.normal(size=(50, 2)).astype("float32"))
+    expected = TENSORFLOW_NUMBERS
+    top = hessian_eigenvalues(model, data, k=2, iterations=2, batch_size=25)
+    np.testing.assert_allclose(top, expected["hessian"], rtol=1e-6)
+    other_start = hessian_eigenvalues(model, data, k=2, iterations=2, batch_size=25, seed=1)
+    assert abs(other_start[1] / top[1] - 1) > 0.1
+    np.testing.assert_allclose(
+        sharpness(model, data, rho=0.1, batch_size=25), expected["sharpness"], rtol=2e-5
+    )
+    np.testing.assert_allclose(
+        sharpness(model, data, rho=0.1, adaptive=True), expected["adaptive"], rtol=2e-5
+    )
+    line = loss_landscape(model, data, points=3, seed=1, span=0.5, batch_size=25)
+    np.testing.assert_allclose(line.losses, expected["landscape"], rtol=1e-6)
+
+
+@tensorflow_only
+def test_the_numpy_start_direction_is_tensorflows_draw():
+    """JAX's Lanczos start, drawn in NumPy, is `tf.random.stateless_normal`'s
+    to a few units in the last place (TensorFlow's float32 log, sin and cos
+    are the C library's, not always correctly rounded)."""
+    import tensorflow as tf
+
+    from keras_sam.diagnostics._philox import stateless_normal
+
+    ulps = []
+    for shape, seed in [((5,), [0, 0]), ((3, 3, 2, 4), [0, 1]), ((400, 250), [1234, 17])]:
+        expected = tf.random.stateless_normal(shape, seed=seed).numpy()
+        drawn = stateless_normal(shape, seed)
+        assert drawn.shape == expected.shape and drawn.dtype == np.float32
+        bits = drawn.view(np.int32).astype(np.int64) - expected.view(np.int32)
+        ulps.append(np.abs(bits).reshape(-1))
+    ulps = np.concatenate(ulps)
+    assert ulps.max() <= 4 and np.mean(ulps == 0) > 0.97
+
+
 # ------------------------------------------------------------- arguments
 @pytest.mark.parametrize(
     "call, name",
@@ -583,7 +741,9 @@ def test_monitor_on_sam_model_keeps_sam_sharpness_and_logs_its_own():
         (lambda m, d: sharpness(m, d, p=1), "p"),
         (lambda m, d: sharpness(m, d, batches=0), "batches"),
         (lambda m, d: sharpness(m, [d]), "data"),
-        (lambda m, d: sharpness(m, d.map(lambda x, y: x)), "data"),
+        (lambda m, d: sharpness(m, np.ones((4, 5))), "data"),
+        (lambda m, d: sharpness(m, (b[0] for b in d)), "data"),  # no targets
+        (lambda m, d: sharpness(m, 3), "data"),
         (lambda m, d: sharpness("model", d), "model"),
         (lambda m, d: SharpnessMonitor(d, every=0), "every"),
         (lambda m, d: SharpnessMonitor(d, sharpness_key=""), "sharpness_key"),
@@ -593,6 +753,16 @@ def test_invalid_arguments_raise_naming_the_argument(call, name):
     model, dataset = _linear_problem(bias=False)
     with pytest.raises(InvalidArgumentError, match=f"`{name}`"):
         call(model, dataset)
+
+
+@tensorflow_only
+def test_a_dataset_without_targets_is_refused_naming_data():
+    import tensorflow as tf
+
+    model, _ = _linear_problem(bias=False)
+    features = tf.data.Dataset.from_tensor_slices(_inputs()).batch(BATCH)
+    with pytest.raises(InvalidArgumentError, match="`data`.*targets"):
+        sharpness(model, features)
 
 
 def test_an_uncompiled_model_is_refused_clearly():

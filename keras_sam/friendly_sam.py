@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_sam import _validation as check
+from keras_sam import backend
 from keras_sam.gradient_math import as_dense
 from keras_sam.sam_model import SAMModel
 from keras_sam.variant_state import PerWeightState
@@ -64,7 +65,9 @@ class FriendlySAMModel(SAMModel):
         super().__init__(base_model, rho, **kwargs)
         self.sigma = sigma
         self.lmbda = lmbda
-        self._steps = keras.Variable(0, trainable=False, dtype="int64", name="friendly_step")
+        self._steps = keras.Variable(
+            0, trainable=False, dtype=backend.counter_dtype(), name="friendly_step"
+        )
         self._average = PerWeightState(self, "friendly_m")
 
     def ascent(self, gradients, variables):

@@ -54,7 +54,9 @@ class StepGuard:
         self.optimizer = optimizer
         self.skip_nonfinite = skip_nonfinite
         if skipped_steps is None:
-            skipped_steps = keras.Variable(0, trainable=False, dtype="int64", name="skipped_steps")
+            skipped_steps = keras.Variable(
+                0, trainable=False, dtype=backend.counter_dtype(), name="skipped_steps"
+            )
         self.skipped_steps = skipped_steps
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_sam import _validation as check
+from keras_sam import backend
 from keras_sam.gradient_math import as_dense, global_norm, orthogonal_part
 from keras_sam.sam_model import SAMModel
 from keras_sam.variant_state import PerWeightState
@@ -75,7 +76,9 @@ class LookSAMModel(SAMModel):
         super().__init__(base_model, rho, **kwargs)
         self.k = k
         self.alpha = alpha
-        self._look_step = keras.Variable(0, trainable=False, dtype="int64", name="look_step")
+        self._look_step = keras.Variable(
+            0, trainable=False, dtype=backend.counter_dtype(), name="look_step"
+        )
         self._reused_direction = PerWeightState(self, "look_g_v")
 
     def takes_second_pass(self, gradients):

@@ -173,7 +173,7 @@ class SAMModel(backend.Trainer, SavedStateMixin, TaskSupportMixin, keras.Model):
         # Kept out of `self.metrics`, so that `evaluate` never shows a stale sharpness.
         self._sharpness_tracker = keras.metrics.Mean(name="sharpness")
         self._skipped_steps = keras.Variable(
-            0, trainable=False, dtype="int64", name="skipped_steps"
+            0, trainable=False, dtype=backend.counter_dtype(), name="skipped_steps"
         )
         if base_model.built:
             # Built like its base: `BackupAndRestore` and weight files need a

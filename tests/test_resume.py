@@ -1,6 +1,6 @@
 """A run killed with SIGKILL and restarted by `BackupAndRestore` loses nothing.
 
-Issue #5. `resume_scripts/resume_child.py` trains a tiny MLP with dropout and
+Issue #5, on the TensorFlow and the JAX backend. `resume_scripts/resume_child.py` trains a tiny MLP with dropout and
 BatchNorm (SAMModel with a rho schedule, and LookSAMModel) under
 `keras.utils.set_random_seed` and `tf.config.experimental.enable_op_determinism`,
 with two `BackupAndRestore` callbacks: one backing up at each epoch's end,
@@ -47,18 +47,18 @@ TIMEOUT_S = 600  # per child; generous for a loaded 2-core machine
 pytestmark = pytest.mark.slow
 
 
-def _environment() -> dict[str, str]:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def _environment(backend: str) -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=backend)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
 
-def _start(log: Path, *args: str) -> subprocess.Popen:
+def _start(backend: str, log: Path, *args: str) -> subprocess.Popen:
     with open(log, "w") as output:  # a file, not a pipe, which TF could fill
         return subprocess.Popen(
             [sys.executable, str(SCRIPT), *args],
             cwd=REPO,
-            env=_environment(),
+            env=_environment(backend),
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -88,16 +88,18 @@ def _variables(state: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
     return list(zip(state["names"], (state[k] for k in keys), strict=True))
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
-    """Kills both variants' children, reads the backups, resumes both."""
-    work = tmp_path_factory.mktemp("resume")
+@pytest.fixture(scope="module", params=["tensorflow", "jax"])
+def runs(request, tmp_path_factory) -> dict:
+    """Kills both variants' children, reads the backups, resumes both, on
+    the Keras backend of the parameter."""
+    backend = request.param
+    work = tmp_path_factory.mktemp(f"resume_{backend}")
     started = {}
     try:
         for variant in child.VARIANTS:  # side by side: one core each
             (work / variant).mkdir()
             log = work / variant / "kill.log"
-            started[variant] = (_start(log, "kill", variant, str(work)), log)
+            started[variant] = (_start(backend, log, "kill", variant, str(work)), log)
         statuses = {
             variant: _kill_when_reached(process, work / variant / "reached", log)
             for variant, (process, log) in started.items()
@@ -117,7 +119,7 @@ def runs(tmp_path_factory) -> dict:
         for variant in child.VARIANTS
     }
     log = work / "resume.log"
-    resume = _start(log, "resume", str(work), *child.VARIANTS)
+    resume = _start(backend, log, "resume", str(work), *child.VARIANTS)
     try:
         status = resume.wait(timeout=TIMEOUT_S)
     finally:

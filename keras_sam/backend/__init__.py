@@ -10,12 +10,32 @@ operations (all-reduce, finiteness on every replica, a conditional update).
 from __future__ import annotations
 
 import importlib
+from typing import NamedTuple
 
 import keras
 
-__all__ = ["SUPPORTED_BACKENDS", "Trainer", "name", "replicas"]
+__all__ = ["SUPPORTED_BACKENDS", "PassResult", "Trainer", "counter_dtype", "name", "replicas"]
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
+
+
+class PassResult(NamedTuple):
+    """What a pass returns: the loss, the (scaled) gradients and, when asked
+    for, the model's state update instead of its assignment."""
+
+    loss: object
+    gradients: list
+    state_update: list
+
+
+def counter_dtype() -> str:
+    """The dtype of a step counter: int64, or int32 on JAX without 64-bit mode
+    (where an int64 would be truncated, with a warning)."""
+    if name() == "jax":
+        import jax
+
+        return "int64" if jax.config.jax_enable_x64 else "int32"
+    return "int64"
 
 
 def name() -> str:

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_sam import LookSAMModel, SAMModel
 
@@ -190,7 +189,10 @@ def resume(work: Path, variants: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     mode, *args = argv
     if mode == "kill":
         kill(args[0], Path(args[1]))

@@ -14,8 +14,8 @@ import jax
 import keras
 
 from keras_sam import _keras_internals as internals
+from keras_sam.backend import PassResult
 from keras_sam.backend.jax import scopes
-from keras_sam.backend.tensorflow.passes import PassResult  # a plain NamedTuple
 
 __all__ = ["PassResult", "batch_rows", "first_pass", "perturbed_pass"]
 

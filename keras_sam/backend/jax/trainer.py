@@ -131,10 +131,9 @@ class Trainer:
                 f"{type(self).__name__}: under a `keras.distribution` over {devices} devices "
                 "on JAX, a step computes on the global batch, so ε̂ comes from the global "
                 "gradient: pass `sync_perturbation=True` (the run then equals one device's "
-                "on the global batch). For an ε̂ per share of the batch, as the SAM paper's "
-                f"per-device ε̂, add `num_batch_splits={devices}` (m-sharpness: each "
-                "contiguous piece, one device's share, climbs on its own). Received: "
-                "sync_perturbation=False."
+                "on the global batch). For the SAM paper's ε̂ per device, pass it with "
+                f"`num_batch_splits={devices}` (m-sharpness: each contiguous share of the "
+                "batch, one device's, climbs on its own). Received: sync_perturbation=False."
             )
 
 

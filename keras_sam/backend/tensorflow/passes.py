@@ -10,23 +10,14 @@ nothing is assigned, so w stays bit for bit the w of the first pass.
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
 from keras_sam import _keras_internals as internals
+from keras_sam.backend import PassResult
 
 __all__ = ["PassResult", "first_pass", "perturbed_pass"]
-
-
-class PassResult(NamedTuple):
-    """What a pass returns: the loss, the (scaled) gradients and, when asked
-    for, the model's state update instead of its assignment."""
-
-    loss: tf.Tensor
-    gradients: list
-    state_update: list
 
 
 def batch_rows(x) -> tf.Tensor:

@@ -1,19 +1,29 @@
 """Device choice, the random training data and a description of the machine.
 
+The data are a few fixed NumPy batches (`random_batches`), the same on every
+backend: `random_dataset` makes them a `tf.data.Dataset` for TensorFlow, the
+JAX rows of `step_time.py` put them on the device as JAX arrays.
+
 Example:
 
->>> from benchmarks.environment import random_dataset
+>>> from benchmarks.environment import random_batches, random_dataset
 >>> x, y = next(iter(random_dataset(batch_size=4)))
 >>> tuple(x.shape), tuple(y.shape), str(y.dtype)
 ((4, 32, 32, 3), (4,), "<dtype: 'int32'>")
+>>> images, labels = random_batches(batch_size=4)
+>>> bool((images[0] == x.numpy()).all() and (labels[0] == y.numpy()).all())
+True
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 
-__all__ = ["configure_device", "machine_description", "random_dataset"]
+__all__ = [
+    "configure_device", "load_average", "machine_description", "random_batches", "random_dataset",
+]
 
 BATCHES_IN_DATASET = 4
 
@@ -43,21 +53,42 @@ def configure_device(device: str, threads: int | None = None) -> str:
     return "GPU:0"
 
 
-def random_dataset(batch_size: int = 128, seed: int = 0):
-    """A repeated dataset of a few fixed random CIFAR-sized batches.
+def random_batches(batch_size: int = 128, seed: int = 0):
+    """(images, labels): `BATCHES_IN_DATASET` fixed random CIFAR-sized batches.
 
-    Images are standard normal 32x32x3 float32, labels uniform in 0..9. Each
-    element is a whole batch already in memory, with a static batch
-    dimension, so input costs nothing measurable and XLA compiles one shape.
+    Images are standard normal 32x32x3 float32 of shape (batches, batch_size,
+    32, 32, 3), labels int32 uniform in 0..9 of shape (batches, batch_size).
+    NumPy only, for any backend.
     """
     import numpy as np
-    import tensorflow as tf
 
     rng = np.random.default_rng(seed)
     shape = (BATCHES_IN_DATASET, batch_size)
     images = rng.standard_normal((*shape, 32, 32, 3), dtype=np.float32)
     labels = rng.integers(0, 10, size=shape, dtype=np.int32)
-    return tf.data.Dataset.from_tensor_slices((images, labels)).repeat()
+    return images, labels
+
+
+def random_dataset(batch_size: int = 128, seed: int = 0):
+    """`random_batches` as a repeated `tf.data.Dataset` of whole batches.
+
+    Each element is a whole batch already in memory, with a static batch
+    dimension, so input costs nothing measurable and XLA compiles one shape.
+    """
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(random_batches(batch_size, seed)).repeat()
+
+
+def load_average() -> str | None:
+    """The 1-, 5- and 15-minute load averages ("2.10/2.35/2.40"), or None.
+
+    On a shared machine, how many other processes wanted the cores: beyond
+    the core count, every mode is slowed (the paired ratios much less).
+    """
+    if not hasattr(os, "getloadavg"):
+        return None
+    return "/".join(f"{load:.2f}" for load in os.getloadavg())
 
 
 def _cpu_model() -> str:
@@ -79,8 +110,8 @@ def machine_description(tf_device: str) -> str:
     import keras_sam
 
     parts = [f"CPU: {_cpu_model()}", f"{os.cpu_count()} cores"]
-    if hasattr(os, "getloadavg"):
-        parts.append(f"load average {os.getloadavg()[0]:.2f}")
+    if load_average() is not None:
+        parts.append(f"load average {load_average()}")
     if tf_device.startswith("GPU"):
         details = tf.config.experimental.get_device_details(
             tf.config.list_physical_devices("GPU")[0]
@@ -96,6 +127,10 @@ def machine_description(tf_device: str) -> str:
 
         versions.append(f"tf-keras {tf_keras.__version__}")
     except ImportError:
+        pass
+    try:  # the version only: the JAX rows import JAX in their own process
+        versions.append(f"JAX {importlib.metadata.version('jax')}")
+    except importlib.metadata.PackageNotFoundError:
         pass
     versions.append(f"keras-sam {keras_sam.__version__}")
     return ", ".join(parts) + "; " + ", ".join(versions)

@@ -8,11 +8,19 @@ layer by layer, as ours.
   conv64-BN-ReLU -> global average pooling -> dense 10 (logits).
 - `small_cnn_no_bn` (a diagnostic, not in the default table): the small CNN
   without BatchNormalization.
+- `tiny_cnn` (for the tests, not a benchmark): 32x32x3 -> conv4 (stride 4)
+  -BN-ReLU -> global average pooling -> dense 10; compiles and steps in
+  moments, with a BatchNormalization layer for `perturb="normalization"`.
 - `resnet20`: the CIFAR ResNet-20 of He et al. (2016) exactly as
   `keras_sam.models.resnet.resnet(20, 10)` builds it (3 stages of 3 basic
   blocks with 16/32/64 filters, option-A zero-padded identity shortcuts,
   BatchNorm momentum 0.9 and epsilon 1e-5; 0.27 M weights). In Keras 3 that
   function itself is used when it exists; `tf_keras` gets this module's copy.
+
+The Keras 3 models are built from Keras layers and `keras.ops` only, so they
+build on any Keras backend (the JAX rows of `step_time.py` build them with
+`KERAS_BACKEND=jax`); TensorFlow is imported only for the tf-keras copy of the
+ResNet's shortcut.
 
 Example:
 
@@ -28,8 +36,6 @@ import functools
 from collections.abc import Callable
 from types import ModuleType
 
-import tensorflow as tf
-
 __all__ = [
     "DEFAULT_MODEL_NAMES",
     "MODEL_NAMES",
@@ -37,6 +43,7 @@ __all__ = [
     "resnet20",
     "small_cnn",
     "small_cnn_no_bn",
+    "tiny_cnn",
     "weight_shapes",
 ]
 
@@ -65,6 +72,16 @@ def small_cnn(api: ModuleType, batch_norm: bool = True):
     return api.Model(inputs, outputs, name="small_cnn" if batch_norm else "small_cnn_no_bn")
 
 
+def tiny_cnn(api: ModuleType):
+    """A very small CNN of the same input and output, for smoke tests."""
+    layers = api.layers
+    inputs = api.Input(INPUT_SHAPE)
+    x = layers.Conv2D(4, 3, strides=4, padding="same", use_bias=False)(inputs)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    outputs = layers.Dense(NUM_CLASSES)(layers.GlobalAveragePooling2D()(x))
+    return api.Model(inputs, outputs, name="tiny_cnn")
+
+
 def small_cnn_no_bn(api: ModuleType):
     """The small CNN without its BatchNormalization layers (a diagnostic).
 
@@ -78,7 +95,16 @@ def small_cnn_no_bn(api: ModuleType):
 
 @functools.cache
 def _zero_pad_shortcut_class(api: ModuleType):
-    """Option-A shortcut layer for `api`: every 2nd pixel, new channels zero."""
+    """Option-A shortcut layer for `api`: every 2nd pixel, new channels zero.
+
+    Padded with `keras.ops.pad` in Keras 3 (any backend), `tf.pad` in tf-keras.
+    """
+    if hasattr(api, "ops"):  # Keras 3
+        pad = api.ops.pad
+    else:  # tf-keras, which runs on TensorFlow only
+        import tensorflow as tf
+
+        pad = tf.pad
 
     class ZeroPadShortcut(api.layers.Layer):
         def __init__(self, filters: int, **kwargs):
@@ -88,7 +114,7 @@ def _zero_pad_shortcut_class(api: ModuleType):
         def call(self, inputs):
             extra = self.filters - inputs.shape[-1]
             before = extra // 2  # half the new channels before, half after
-            return tf.pad(
+            return pad(
                 inputs[:, ::2, ::2, :], [[0, 0], [0, 0], [0, 0], [before, extra - before]]
             )
 
@@ -154,6 +180,7 @@ _BUILDERS: dict[str, Callable] = {
     "small_cnn": small_cnn,
     "resnet20": resnet20,
     "small_cnn_no_bn": small_cnn_no_bn,
+    "tiny_cnn": tiny_cnn,
 }
 MODEL_NAMES = tuple(_BUILDERS)
 # The two models of the benchmark's table; the others are diagnostics.

@@ -83,28 +83,36 @@ def interleaved_rounds(
     steps: int,
     clock: Callable[[], float] = time.perf_counter,
     settle: dict[str, Callable[[], None]] | None = None,
+    after: dict[str, Callable[[], None]] | None = None,
+    after_round: Callable[[int], None] | None = None,
+    first_round: int = 0,
 ) -> dict[str, list[float]]:
     """Times every runner once per round, in turn; returns ms/step per round.
 
     Each runner runs `steps` training steps when called. The order rotates by
     one each round, so that no mode always follows the same neighbour. In
     every round, `settle[name]` (when given) runs untimed right before the
-    mode's timed steps.
+    mode's timed steps and `after[name]` untimed right after them (e.g. to
+    read a counter); `after_round(index)` runs after each round (e.g. another
+    process's round of the same index, so that both see the same load).
+    Rounds are numbered from `first_round`, which sets the first rotation.
 
     >>> ticks = iter(range(100))
     >>> calls = []
     >>> out = interleaved_rounds(
     ...     {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
     ...     rounds=2, steps=1, clock=lambda: next(ticks) / 1000,
-    ...     settle={"a": lambda: calls.append("settle a"), "b": lambda: calls.append("settle b")})
+    ...     settle={"a": lambda: calls.append("settle a"), "b": lambda: calls.append("settle b")},
+    ...     after_round=lambda index: calls.append(f"round {index} done"))
     >>> out
     {'a': [1.0, 1.0], 'b': [1.0, 1.0]}
-    >>> calls
-    ['settle a', 'a', 'settle b', 'b', 'settle b', 'b', 'settle a', 'a']
+    >>> calls  # doctest: +NORMALIZE_WHITESPACE
+    ['settle a', 'a', 'settle b', 'b', 'round 0 done',
+     'settle b', 'b', 'settle a', 'a', 'round 1 done']
     """
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(rounds):
+    for round_index in range(first_round, first_round + rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             if settle is not None:
@@ -112,4 +120,8 @@ def interleaved_rounds(
             start = clock()
             runners[name]()
             times[name].append((clock() - start) * 1000.0 / steps)
+            if after is not None:
+                after[name]()
+        if after_round is not None:
+            after_round(round_index)
     return times

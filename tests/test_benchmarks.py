@@ -1,6 +1,10 @@
 """The step-time benchmark runs end to end and prints its Markdown table.
 
 No speed is asserted anywhere here: timings on a shared machine are noise.
+What is asserted is what the tables are made of: which modes ran, how many
+passes their steps took, which rounds were paired with which. Tests that run
+`step_time.py` in this process need it to be a TensorFlow process
+(`tensorflow_only`); its JAX rows come from a subprocess of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +19,24 @@ import pytest
 from benchmarks.timing import interleaved_rounds, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
+tensorflow_only = pytest.mark.tensorflow_only
+# The smallest run of step_time.py: the tiny model, one step of each mode.
+TINY = [
+    "--models", "tiny_cnn", "--steps", "1", "--rounds", "1", "--warmup-steps", "1",
+    "--batch-size", "4",
+]  # fmt: skip
+
+
+def _table(stdout: str, header_start: str) -> list[list[str]]:
+    """The cells of each row of the Markdown table whose header starts so."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.split("|")[1:-1]])
+    return rows
 
 
 def test_summary_is_median_of_paired_ratios():
@@ -57,7 +79,7 @@ def test_settle_steps_run_untimed_right_before_each_timed_call():
 
 @pytest.mark.slow
 def test_script_prints_a_markdown_table():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     completed = subprocess.run(
         [
             sys.executable, str(ROOT / "benchmarks" / "step_time.py"),
@@ -120,6 +142,7 @@ def test_diagnostic_model_is_the_small_cnn_without_batch_norm():
     assert "small_cnn_no_bn" not in DEFAULT_MODEL_NAMES
 
 
+@tensorflow_only
 def test_device_gpu_without_a_gpu_is_one_line_and_status_2(monkeypatch, capsys):
     import tensorflow as tf
 
@@ -138,6 +161,7 @@ def test_device_gpu_without_a_gpu_is_one_line_and_status_2(monkeypatch, capsys):
     )
 
 
+@tensorflow_only
 def test_no_mode_that_can_run_is_an_error_not_a_crash(monkeypatch, capsys):
     """E.g. only Keras 2 modes asked for where tf-keras is not installed."""
     from benchmarks import step_time
@@ -218,6 +242,7 @@ def test_benchmark_docstring_examples_run(name):
     assert failures == 0
 
 
+@tensorflow_only
 def test_xla_kernel_table_splits_sam_into_its_two_pass_programs():
     from benchmarks.anatomy import xla_kernel_table
     from benchmarks.modes import MODES
@@ -235,3 +260,187 @@ def test_xla_kernel_table_splits_sam_into_its_two_pass_programs():
     assert clean > 0 and perturbed > 0
     assert abs(clean + perturbed - sam_all) <= 0.1 + 1e-9  # each printed to 0.1 ms
     assert any(label.startswith("kind `convolution") for label in rows)
+
+
+def test_mode_groups_keep_the_default_table_and_add_the_variants():
+    from benchmarks.modes import DEFAULT_MODES, MODE_GROUPS, MODES, expand_modes
+    from benchmarks.step_time import parse_args
+
+    assert DEFAULT_MODES == (
+        "plain", "sam", "asam", "looksam", "gsam", "sam_split2",
+        "tfk_plain", "tfk_sam", "tfk_sam_train", "tfk_sam_split2",
+    )  # fmt: skip
+    assert parse_args([]).modes == list(DEFAULT_MODES)
+    assert MODE_GROUPS["variants"] == (
+        "plain", "sam", "fsam", "sam_on", "msam", "rst", "aesam", "sam_rho0", "sam_late",
+    )  # fmt: skip
+    assert set(MODE_GROUPS["all"]) == set(MODES)
+    # Groups and names mix; each mode once, in order.
+    assert expand_modes("sam,variants")[:3] == ["sam", "plain", "fsam"]
+    assert parse_args(["--modes", "variants"]).backends == ["tensorflow"]
+
+
+def test_late_phase_mode_starts_its_sam_phase_after_any_run():
+    import keras
+
+    from benchmarks.modes import LATE_PHASE_START, MODES
+
+    model = MODES["sam_late"].wrap(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    assert float(model._rho_schedule(LATE_PHASE_START - 1)) == 0.0
+    assert float(model._rho_schedule(LATE_PHASE_START)) == pytest.approx(0.05)
+
+
+@tensorflow_only
+def test_variant_modes_run_and_take_the_passes_they_should(capsys):
+    from benchmarks import step_time
+
+    assert step_time.main([*TINY, "--modes", "variants", "--xla", "off"]) == 0
+    out = capsys.readouterr().out
+    timed = {row[1]: row for row in _table(out, "| model | mode | xla |")}
+    assert len(timed) == 9 and all(row[-1] == "no retracing" for row in timed.values())
+    passes = {row[3]: row[4] for row in _table(out, "| model | backend | xla | mode |")}
+    two_pass = ("SAMModel", "FriendlySAMModel", 'SAMModel(perturb="normalization")')
+    assert {passes[label] for label in two_pass} == {"1 of 1"}
+    one_pass = [
+        "MSAMModel (one pass)", "SAMModel(rho=0)",
+        "SAMModel(rho=LatePhase(0.05, start_step=1_000_000))",
+    ]  # fmt: skip
+    assert [passes[label] for label in one_pass] == ["0 of 1"] * 3
+    assert passes["RandomizedSAMModel(probability=0.5)"] in ("0 of 1", "1 of 1")
+    assert "plain Keras fit" not in passes  # counted for keras-sam's models only
+
+
+@tensorflow_only
+def test_jax_rows_come_from_a_subprocess_paired_with_tensorflow_xla_rounds(capsys):
+    from benchmarks import step_time
+
+    argv = [*TINY, "--modes", "plain,sam", "--xla", "on", "--backends", "tensorflow,jax"]
+    assert step_time.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "JAX rows: JAX " in out
+    rows = _table(out, "| model | mode | TensorFlow XLA ms/step")
+    assert [row[1] for row in rows] == ["plain Keras fit", "SAMModel"]
+    for row in rows:
+        assert row[2] != "—" and row[4] != "—"  # TensorFlow's and JAX's ms/step
+        assert row[6] != "—" and "unpaired" not in row[6]  # paired by round
+        assert row[-1] == "no retracing"
+    targets = _table(out, "| model | JAX SAMModel <= 2.0x")
+    assert targets[0][0] == "tiny_cnn" and targets[0][3] == "met"
+    assert "TensorFlow SAMModel with XLA" in out and "paired by round" in out
+    passes = {
+        (row[1], row[3]): row[4] for row in _table(out, "| model | backend | xla | mode |")
+    }
+    assert passes[("jax", "SAMModel")] == passes[("tensorflow", "SAMModel")] == "1 of 1"
+
+
+def test_a_partner_prepares_after_compiling_and_runs_each_round_after_ours():
+    """`time_group`'s protocol with a partner process, and a partner that fails."""
+    import argparse
+
+    from benchmarks.backend_worker import WorkerError
+    from benchmarks.modes import MODES
+    from benchmarks.step_time import time_group
+
+    class Partner:
+        def __init__(self, fail_at=None):
+            self.error, self.calls, self.fail_at = None, [], fail_at
+
+        def request(self, command, **fields):
+            self.calls.append((command, *fields.values()))
+            if command == self.fail_at:
+                self.error = "boom"
+                raise WorkerError("boom")
+            return {"group": {"times": {"plain": [1.0, 1.0]}}} if command == "finish" else {}
+
+    args = argparse.Namespace(
+        steps=1, rounds=2, settle_steps=0, warmup_steps=1, batch_size=4, clock="wall"
+    )
+    partner = Partner()
+    group = time_group("tiny_cnn", False, {"plain": MODES["plain"]}, args, partner=partner)
+    assert partner.calls == [("prepare", "tiny_cnn"), ("round", 0), ("round", 1), ("finish",)]
+    assert group["partner"] == {"times": {"plain": [1.0, 1.0]}}
+    assert len(group["times"]["plain"]) == 2 and group["timed_steps"] == 2
+
+    failing = Partner(fail_at="round")
+    group = time_group("tiny_cnn", False, {"plain": MODES["plain"]}, args, partner=failing)
+    # Our rounds go on without it; its group is None and its error kept.
+    assert failing.calls == [("prepare", "tiny_cnn"), ("round", 0)]
+    assert group["partner"] is None and failing.error == "boom"
+    assert len(group["times"]["plain"]) == 2
+
+
+def test_jax_tables_pair_rounds_and_say_when_they_could_not():
+    from benchmarks.modes import MODES
+    from benchmarks.step_time import backends_table, jax_targets, passes_table
+
+    def group(times, two_pass=None, steps=10, **extra):
+        return {
+            "modes": {name: MODES[name] for name in times},
+            "times": times,
+            "first_epoch_s": {name: 1.0 for name in times},
+            "retraces": {name: 0 for name in times},
+            "two_pass_steps": two_pass or {name: None for name in times},
+            "timed_steps": steps,
+            **extra,
+        }
+
+    tf = group({"plain": [10.0, 20.0, 10.0], "sam": [20.0, 40.0, 21.0]})
+    # Round 2 slow for both backends: paired, JAX's SAM takes 0.9x TensorFlow's.
+    jax = group(
+        {"plain": [9.0, 18.0, 9.0], "sam": [18.0, 36.0, 18.9]},
+        two_pass={"plain": None, "sam": 10.0}, paired=True,
+    )
+    rows = _table(backends_table({("small_cnn", True): tf}, {"small_cnn": jax}), "| model |")
+    assert rows[1][:7] == [
+        "small_cnn", "SAMModel", "21.0 (20.0–40.0)", "2.00 (2.00–2.10)", "18.9 (18.0–36.0)",
+        "2.00 (2.00–2.10)", "0.90 (0.90–0.90)",
+    ]  # fmt: skip
+    targets = jax_targets({("small_cnn", True): tf}, {"small_cnn": jax})
+    assert "| small_cnn | 2.000: met | 0.900 (0.900–0.900): met | met |" in targets
+    assert "JAX takes 0.90x TensorFlow's time (paired by round, 0.90–0.90x)" in targets
+    # Not paired (the JAX rounds ran on their own): the medians' ratio, said so.
+    alone = {**jax, "paired": False}
+    rows = _table(backends_table({("small_cnn", True): tf}, {"small_cnn": alone}), "| model |")
+    assert rows[1][6] == "0.90 (unpaired)"
+    # No TensorFlow group with XLA: nothing to compare with.
+    rows = _table(backends_table({}, {"small_cnn": jax}), "| model |")
+    assert rows[1][2] == rows[1][6] == "—"
+    # 10 of 10 timed steps took two passes: floor 2.00, ratio 2.00, no cost beyond.
+    passes = _table(passes_table([("small_cnn", "jax", True, jax)]), "| model |")
+    assert passes == [
+        ["small_cnn", "jax", "on", "SAMModel", "10 of 10", "2.00", "2.00 (2.00–2.10)", "1.00"]
+    ]
+
+
+@pytest.mark.slow
+def test_benchmark_code_builds_the_models_on_jax_without_tensorflow():
+    """The JAX path imports no TensorFlow of its own (keras-sam itself may)."""
+    script = (
+        "import sys, keras\n"
+        "from benchmarks import backend_worker, environment, modes, step_time, timing\n"
+        "from benchmarks.models import MODEL_NAMES, build\n"
+        "models = [build(name, keras) for name in MODEL_NAMES]\n"
+        "images, labels = environment.random_batches(2)\n"
+        "assert models[0](images[0]).shape == (2, 10)\n"
+        "assert keras.backend.backend() == 'jax'\n"
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+@tensorflow_only
+def test_step_time_refuses_to_run_its_rows_on_another_backend(monkeypatch, capsys):
+    import keras
+
+    from benchmarks import step_time
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert step_time.main([*TINY, "--modes", "plain"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("step_time.py: error: this process must run Keras on TensorFlow")
+    assert "--backends tensorflow,jax" in error

@@ -1,15 +1,12 @@
-"""keras-sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow."""
+"""keras-sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow and JAX."""
 
 # `_command_line` first: it may set TensorFlow's log level before TensorFlow loads.
-from keras_sam import (  # noqa: F401
-    callbacks,
-    diagnostics,
-    models,
-    schedules,  # noqa: F401
-)
+from keras_sam.apps import _command_line  # noqa: F401
+
+# isort: split
+from keras_sam import callbacks, diagnostics, models, schedules  # noqa: F401
 from keras_sam._validation import InvalidArgumentError
 from keras_sam.aesam import AESAMModel
-from keras_sam.apps import _command_line  # noqa: F401
 from keras_sam.callbacks import SharpnessMonitor
 from keras_sam.friendly_sam import FriendlySAMModel
 from keras_sam.gsam import GSAMModel

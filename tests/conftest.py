@@ -10,49 +10,27 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-# Every module, slowest first (seconds of test time under `-n 2` on the 2-core
-# CI machine, 2026-11-30). Under `--dist loadfile` a worker takes the next
-# whole module when it is free; longest first (LPT) keeps the two workers'
-# finishing times within about the shortest module's time of each other.
-# A module missing here runs after these, in collection order.
-_SLOWEST_MODULES = (
-    "test_train.py",  # 119
-    "test_demo_claim.py",  # 114
-    "test_variants.py",  # 96
-    "test_examples.py",  # 93
-    "test_distributed.py",  # 72
-    "test_mixed_precision.py",  # 58
-    "test_xla_memory.py",  # 53
-    "test_demo.py",  # 46
-    "test_diagnostics.py",  # 44
-    "test_resume.py",  # 41
-    "test_argument_properties.py",  # 36
-    "test_notebooks.py",  # 34
-    "test_nonfinite.py",  # 33
-    "test_sam_keras_integration.py",  # 33
-    "test_multiworker.py",  # 31
-    "test_sam_optimizers.py",  # 29
-    "test_checkpoints.py",  # 28
-    "test_models.py",  # 28
-    "test_sam_golden.py",  # 24
-    "test_cli.py",  # 17
-    "test_benchmarks.py",  # 15
-    "test_sam_errors.py",  # 15
-    "test_perturbation.py",  # 14
-)
+# The suite's folders: `unit/` (each test one process, seconds), `integration/`
+# (several processes: strategies, worker clusters, kills, other backends) and
+# `apps/` (the demo, `keras-sam train`, examples, notebooks, benchmarks).
+# Under `--dist loadfile` a worker takes the next whole module when it is free;
+# the multi-process and application modules, the longest, go first.
+_FIRST_FOLDERS = ("integration", "apps")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "tensorflow_only: needs the TensorFlow backend")
-    # pytest-xdist would otherwise queue modules by their number of tests,
-    # which puts the one-test, 90-second demo claim last.
+    config.addinivalue_line(
+        "markers",
+        "tensorflow_only: needs TensorFlow itself (tf.data, tf.distribute, TensorBoard); "
+        "left out of the JAX run",
+    )
+    # pytest-xdist would otherwise queue modules by their number of tests.
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(_SLOWEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+    items.sort(key=lambda item: item.path.parent.name not in _FIRST_FOLDERS)  # stable
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ keras-sam 0.1.0; `sam_model_v0_1_0.json` holds what loading it must give back:
 the constructor arguments, the weights, the optimizer state, a fixed probe
 batch and the model's predictions on it.
 
-`tests/test_sam_keras_integration.py` loads the committed files with every
+`tests/unit/test_sam_keras_integration.py` loads the committed files with every
 later release, so a change that can no longer read models saved by 0.1.0 fails
 there. Regenerate the files only for a deliberate format break (and then bump
 the file name):

@@ -1,6 +1,6 @@
 """Trains MSAM, RST or AE-SAM under `MirroredStrategy` over 2 logical CPUs; writes JSON.
 
-Run by `tests/test_msam.py` ("msam") and `tests/test_step_policies.py`
+Run by `tests/unit/test_msam.py` ("msam") and `tests/unit/test_step_policies.py`
 ("policies") in a subprocess each: the logical devices must be configured
 before TensorFlow runs any op.
 

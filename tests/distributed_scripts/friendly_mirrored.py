@@ -1,6 +1,6 @@
 """Trains `FriendlySAMModel` under `MirroredStrategy` over N logical CPUs; writes JSON.
 
-Run by `tests/test_friendly_sam.py` in a subprocess (the logical devices must
+Run by `tests/unit/test_friendly_sam.py` in a subprocess (the logical devices must
 be configured before TensorFlow runs any op):
 
     python tests/distributed_scripts/friendly_mirrored.py REPLICAS OUT.json
@@ -28,7 +28,7 @@ import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Must match tests/test_friendly_sam.py.
+# Must match tests/unit/test_friendly_sam.py.
 GLOBAL_BATCH, EPOCHS, RHO = 16, 2, 0.1
 SIGMA, LMBDA, LEARNING_RATE, MOMENTUM = 0.8, 0.5, 0.1, 0.5
 

@@ -1,6 +1,6 @@
 """Trains SAM variants under `MirroredStrategy` over N logical CPUs; writes JSON.
 
-Run by `tests/test_distributed.py` in a subprocess, once per replica count:
+Run by `tests/integration/test_distributed.py` in a subprocess, once per replica count:
 the logical devices must be configured before TensorFlow runs any op, and two
 mirrored strategies of different sizes in one process break collectives.
 

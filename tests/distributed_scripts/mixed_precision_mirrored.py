@@ -1,6 +1,6 @@
 """Non-finite steps under a 2-replica `MirroredStrategy`; writes JSON.
 
-Run by `tests/test_mixed_precision.py` in a subprocess (the two logical CPUs
+Run by `tests/unit/test_mixed_precision.py` in a subprocess (the two logical CPUs
 must be configured before TensorFlow runs any op):
 
     python tests/distributed_scripts/mixed_precision_mirrored.py OUT.json
@@ -16,7 +16,7 @@ holds a bad value, and records the state again:
 - `sam_skip_nonfinite`: a float32 `SAMModel(skip_nonfinite=True)` with
   per-replica BatchNorm, Dropout and Adam, with NaN in replica 1's shard.
 
-Nothing is asserted here; `tests/test_mixed_precision.py` reads the numbers.
+Nothing is asserted here; `tests/unit/test_mixed_precision.py` reads the numbers.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Trains one SAMModel with `fit` as a worker of a 2-worker cluster; writes JSON.
 
-Run by `tests/test_multiworker.py`:
+Run by `tests/integration/test_multiworker.py`:
 
     TF_CONFIG=... python multiworker_train.py worker OUT.json
     python multiworker_train.py mirrored OUT.json   # the 1-process reference

@@ -3,7 +3,7 @@ tries `SAMModel` and plain Keras `fit` under it; prints JSON.
 
     python tests/distributed_scripts/parameter_server.py
 
-Run by `tests/test_strategies.py` in a subprocess: a parameter-server cluster
+Run by `tests/unit/test_strategies.py` in a subprocess: a parameter-server cluster
 (two workers, one parameter server) lives in the process that starts it.
 """
 

@@ -1,6 +1,6 @@
 """Trains `SAMModel(perturb=...)` under `MirroredStrategy` over N logical CPUs; writes JSON.
 
-Run by `tests/test_perturb_subset.py` in a subprocess (the logical devices must
+Run by `tests/unit/test_perturb_subset.py` in a subprocess (the logical devices must
 be configured before TensorFlow runs any op):
 
     python tests/distributed_scripts/subset_mirrored.py REPLICAS OUT.json
@@ -28,7 +28,7 @@ import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Must match tests/test_perturb_subset.py.
+# Must match tests/unit/test_perturb_subset.py.
 GLOBAL_BATCH, EPOCHS, RHO, LEARNING_RATE, MOMENTUM = 16, 2, 0.3, 0.1, 0.5
 
 

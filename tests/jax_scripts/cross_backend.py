@@ -1,6 +1,6 @@
 """Saves a SAM model on one Keras backend, loads and trains it on another.
 
-Run by `tests/test_jax.py`, each stage in a process of its own with the
+Run by `tests/integration/test_jax.py`, each stage in a process of its own with the
 backend in `KERAS_BACKEND`:
 
     python tests/jax_scripts/cross_backend.py save DIR     # train 2 steps, save, train 2 more

@@ -1,6 +1,6 @@
 """SAM models under `keras.distribution.DataParallel` on JAX; writes JSON.
 
-Run by `tests/test_jax.py` with `KERAS_BACKEND=jax` and
+Run by `tests/integration/test_jax.py` with `KERAS_BACKEND=jax` and
 `XLA_FLAGS=--xla_force_host_platform_device_count=N` (N CPU devices):
 
     python tests/jax_scripts/data_parallel.py OUT.json

@@ -1,4 +1,4 @@
-"""Child process of `tests/test_resume.py`: trains, is killed, resumes.
+"""Child process of `tests/integration/test_resume.py`: trains, is killed, resumes.
 
 Two modes, each run in a fresh Python process:
 

@@ -1,8 +1,9 @@
 """A run killed with SIGKILL and restarted by `BackupAndRestore` loses nothing.
 
-Issue #5, on the TensorFlow and the JAX backend. `resume_scripts/resume_child.py` trains a tiny MLP with dropout and
-BatchNorm (SAMModel with a rho schedule, and LookSAMModel) under
-`keras.utils.set_random_seed` and `tf.config.experimental.enable_op_determinism`,
+On the TensorFlow and the JAX backend. `resume_scripts/resume_child.py` trains
+a tiny MLP with dropout and BatchNorm (SAMModel with a rho schedule, and
+LookSAMModel) under `keras.utils.set_random_seed` (and, on TensorFlow,
+`tf.config.experimental.enable_op_determinism`),
 with two `BackupAndRestore` callbacks: one backing up at each epoch's end,
 one every 3 steps. After global step 7 (the third batch of epoch 1) it says so
 in a marker file, and this module kills it with SIGKILL. A fresh process then
@@ -39,7 +40,7 @@ import numpy as np
 import pytest
 from resume_scripts import resume_child as child
 
-SCRIPT = Path(__file__).resolve().parent / "resume_scripts" / "resume_child.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "resume_scripts" / "resume_child.py"
 REPO = SCRIPT.parents[2]
 
 TIMEOUT_S = 600  # per child; generous for a loaded 2-core machine

@@ -20,7 +20,7 @@ import pytest
 
 from benchmarks.xla_memory import program_peaks
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A CNN with max pooling: compiled as one program, XLA:CPU created the index
 # buffers of both passes' MaxPool gradients at its start and kept the second

@@ -573,7 +573,7 @@ def test_multiworker_strategy_with_xla_in_a_subprocess(tmp_path):
         "with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):\n"
         "    sys.exit(main(sys.argv[1:]))\n"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("TF_CONFIG", None)
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])

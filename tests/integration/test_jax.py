@@ -26,7 +26,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SCRIPTS = Path(__file__).resolve().parent / "jax_scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "jax_scripts"
 REPO = SCRIPTS.parents[1]
 
 

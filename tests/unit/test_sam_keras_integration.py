@@ -25,7 +25,7 @@ from keras_sam import SAMModel
 import numpy_reference as ref
 
 FEATURES, CLASSES = 4, 3
-FIXTURE = Path(__file__).resolve().parent / "data" / "sam_model_v0_1_0"
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "sam_model_v0_1_0"
 
 # Float32 Keras vs the float64 reference, a few steps deep.
 REFERENCE_TOLERANCE = dict(rtol=2e-5, atol=2e-6)

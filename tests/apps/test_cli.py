@@ -17,7 +17,7 @@ from keras_sam.apps import cli
 from keras_sam.apps._command_line import _NATIVE_LOG_LINE
 from keras_sam.apps.demo import DEFAULT_ADAPTIVE_RHO, DEFAULT_RHO, QUICK, settings_from_args
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_module(*arguments, tf_log_level="2"):

@@ -22,7 +22,7 @@ from keras_sam import LookSAMModel, SAMModel
 
 pytestmark = pytest.mark.tensorflow_only
 
-SCRIPTS = Path(__file__).resolve().parent / "distributed_scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "distributed_scripts"
 
 
 def _base():

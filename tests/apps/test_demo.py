@@ -1,7 +1,7 @@
 """`keras-sam demo`: its data, its fairness between the two runs, and one quick run.
 
 The claim that SAM beats the base optimizer is a long run: see
-tests/test_demo_claim.py (slow). Here:
+tests/apps/test_demo_claim.py (slow). Here:
 
 - the label noise changes exactly the requested number of training labels,
   each to a different class, uniformly, and never a test label;

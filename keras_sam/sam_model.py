@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import keras
 
-from keras_sam import _keras_internals as internals
 from keras_sam import _validation as check
 from keras_sam import backend, batch_splits, selection
 from keras_sam.gradient_frame import GradientFrame
@@ -23,6 +22,7 @@ from keras_sam.guard import StepGuard
 from keras_sam.kerashub import TaskSupportMixin
 from keras_sam.perturbation import perturbation, validate_p
 from keras_sam.saving import SavedStateMixin
+from keras_sam.step_bookkeeping import StepBookkeepingMixin
 
 __all__ = ["SAMModel"]
 
@@ -30,7 +30,9 @@ MAX_BATCH_SPLITS = batch_splits.MAX_BATCH_SPLITS
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
-class SAMModel(backend.Trainer, SavedStateMixin, TaskSupportMixin, keras.Model):
+class SAMModel(
+    backend.Trainer, SavedStateMixin, StepBookkeepingMixin, TaskSupportMixin, keras.Model
+):
     """Wraps a Keras model so that `fit` trains it with SAM.
 
     `predict`, `evaluate`, `__call__`, `summary` and `export` are the base
@@ -84,6 +86,11 @@ class SAMModel(backend.Trainer, SavedStateMixin, TaskSupportMixin, keras.Model):
             chosen weights; every weight descends along the second gradient.
             Defaults to `None`.
         **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    The logs carry `sharpness`, the epoch mean of L(w + ε̂) − L(w) over the
+    steps that climbed, and, where some steps are SAM steps and others not (a
+    variant's policy or a ρ schedule), `sam_steps`: their share of the epoch's
+    steps (a plain step costs one forward/backward pass, a SAM step two).
 
     Hooks for variants: a variant (`GSAMModel`, `LookSAMModel`, ...) overrides
     only these methods, and never the step, the replicas or the loss scaling.
@@ -172,6 +179,7 @@ class SAMModel(backend.Trainer, SavedStateMixin, TaskSupportMixin, keras.Model):
         )
         # Kept out of `self.metrics`, so that `evaluate` never shows a stale sharpness.
         self._sharpness_tracker = keras.metrics.Mean(name="sharpness")
+        self._sam_steps_tracker = keras.metrics.Mean(name="sam_steps")
         self._skipped_steps = keras.Variable(
             0, trainable=False, dtype=backend.counter_dtype(), name="skipped_steps"
         )
@@ -235,14 +243,6 @@ class SAMModel(backend.Trainer, SavedStateMixin, TaskSupportMixin, keras.Model):
         """Exports the base model's inference (no SAM state) as a SavedModel."""
         return self.base_model.export(filepath, *args, **kwargs)
 
-    @property
-    def metrics(self):
-        return [m for m in super().metrics if m is not self._sharpness_tracker]
-
-    def reset_metrics(self):
-        super().reset_metrics()
-        self._sharpness_tracker.reset_state()
-
     # ------------------------------------------------------------ the step
     def _sam_train_step(self, data):
         """Keras's `train_step` with SAM's passes, for the whole batch."""
@@ -266,6 +266,9 @@ class SAMModel(backend.Trainer, SavedStateMixin, TaskSupportMixin, keras.Model):
         logs = self.get_metrics_result()
         if step.second_pass is not False:  # (one-pass variants have no sharpness)
             logs["sharpness"] = self._sharpness_tracker.result()
+        if self._logs_sam_steps() and step.second_pass is not False:
+            self._sam_steps_tracker.update_state(keras.ops.cast(step.second_pass, "float32"))
+            logs["sam_steps"] = self._sam_steps_tracker.result()
         if self.skip_nonfinite:
             logs["skipped_steps"] = self._skipped_steps.value
         return logs
@@ -370,51 +373,11 @@ class SAMModel(backend.Trainer, SavedStateMixin, TaskSupportMixin, keras.Model):
     def _overrides(self, hook: str) -> bool:
         return getattr(type(self), hook) is not getattr(SAMModel, hook)
 
-    def _variables_to_train(self, x):
-        """The trainable variables, after building what the step needs first."""
-        if not all(layer.built for layer in internals.flatten_layers(self)):
-            # A subclassed base creates its weights in its first call; SAM needs
-            # them before. Built symbolically: the step gets no extra pass.
-            specs = keras.tree.map_structure(lambda t: keras.KerasTensor(t.shape, t.dtype), x)
-            internals.compute_output_spec(self.call, specs)
-        variables = self.trainable_variables
-        if not variables:
-            raise ValueError(
-                "SAMModel has no trainable weights to train: the base model "
-                f"{self.base_model.name!r} has none (is it frozen?)."
-            )
-        if not self.optimizer.built:
-            # Built before the passes, so that `scale_loss` reads the live scale.
-            self.optimizer.build(variables)
-        return variables
-
     def _loss_scale(self):
         """The factor `scale_loss` multiplies the loss by, or None."""
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             return self.optimizer.dynamic_scale
         return self.optimizer.loss_scale_factor
-
-    def _track_sharpness(self, difference, second_pass, x):
-        if second_pass is False:
-            return
-        rows = self._batch_rows(x)
-        if not isinstance(second_pass, bool):
-            rows = keras.ops.cast(second_pass, "int32") * keras.ops.cast(rows, "int32")
-        self._sharpness_tracker.update_state(
-            internals.unscale_loss_for_distribution(difference), sample_weight=rows
-        )
-
-    def _model_state(self):
-        """The base's non-trainable weights a step updates (BatchNorm statistics)."""
-        seeds = {id(s) for s in internals.seed_states(self)}
-        return [v for v in self.base_model.non_trainable_variables if id(v) not in seeds]
-
-    def _skippable_state(self):
-        """What a skipped step puts back: the model's state and the training
-        metrics (a skipped batch counts in neither `loss` nor any metric nor
-        `sharpness`). The dropout seeds still advance."""
-        metrics = [v for m in super().metrics for v in m.variables]
-        return self._model_state() + metrics
 
     # --------------------------------------------------------------- config
     def get_config(self):

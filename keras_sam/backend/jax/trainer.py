@@ -48,7 +48,7 @@ class Trainer:
     def metrics_variables(self):
         # The sharpness tracker is kept out of `metrics` (so that `evaluate`
         # shows no stale sharpness) but is state the step updates.
-        return super().metrics_variables + list(self._sharpness_tracker.variables)
+        return super().metrics_variables + [v for t in self._step_trackers() for v in t.variables]
 
     def _state_groups(self):
         """The variables of Keras's JAX state, in its order."""

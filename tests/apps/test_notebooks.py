@@ -39,8 +39,10 @@ def this_interpreter_kernel(tmp_path, monkeypatch):
     return KERNEL
 
 
-def test_there_are_two_notebooks():
-    assert [p.name for p in NOTEBOOKS] == ["sam_cifar10_tpu.ipynb", "sam_quickstart.ipynb"]
+def test_there_are_three_notebooks():
+    assert [p.name for p in NOTEBOOKS] == [
+        "sam_cifar10_tpu.ipynb", "sam_jax_tpu.ipynb", "sam_quickstart.ipynb"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -75,5 +77,8 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, this_interpreter_kernel):
     if path.stem == "sam_cifar10_tpu":
         assert "_DefaultDistributionStrategy with 1 replica(s)" in text  # CPU fallback
         assert "accuracy" in text
+    elif path.stem == "sam_jax_tpu":
+        assert "jax backend, 4 x cpu" in text and "DataParallel over 4 devices" in text
+        assert "accuracy" in text and "SAMModel Functional" in text
     else:
         assert "SGD: train loss" in text and "SAM: train loss" in text

@@ -48,7 +48,15 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_sam import diagnostics
+from keras_sam import (
+    AESAMModel,
+    LookSAMModel,
+    MSAMModel,
+    RandomizedSAMModel,
+    SAMModel,
+    diagnostics,
+    schedules,
+)
 from keras_sam._validation import InvalidArgumentError, check_int
 from keras_sam.apps import _argtypes as argtypes
 from keras_sam.apps import _extras
@@ -57,17 +65,18 @@ from keras_sam.apps._options import setting
 from keras_sam.apps.cli import fail
 from keras_sam.apps.data.mnist1d import load_noisy_mnist1d
 from keras_sam.models.cnn1d import mnist1d_cnn
-from keras_sam.sam_model import SAMModel
 
 __all__ = [
     "METHODS",
     "OPTIMIZERS",
     "DemoCommand",
     "DemoMethod",
+    "RunPlan",
     "DemoSettings",
     "add_parser",
     "format_table",
     "make_optimizer",
+    "passes_per_step",
     "register_method",
     "run",
     "run_demo",
@@ -93,32 +102,49 @@ DEFAULT_ADAPTIVE_RHO = 2.0
 
 # ------------------------------------------------------------------- methods
 @dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a method's model may need to know of the run it trains in.
+
+    Attributes:
+        seed: the run's seed (its batches, RST's draws).
+        steps_per_epoch: training steps per epoch.
+        total_steps: the steps of the base's schedule (`epochs` epochs),
+            where schedules that switch SAM on or off are placed.
+    """
+
+    seed: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
 class DemoMethod:
     """One way the demo trains its CNN: an entry of `METHODS`.
 
     Every method trains the same network from the same initial weights on the
-    same batches with a fresh optimizer of the same configuration
-    (`train_run`); a method only decides what model `fit` trains.
+    same sequence of batches with a fresh optimizer of the same configuration
+    (`train_run`); a method decides what model `fit` trains and, for
+    `base-matched`, for how many epochs.
 
     Attributes:
         name: its key in `METHODS`, `--methods` and the rows' `method`.
-        passes_per_step: forward/backward passes through the network per
-            training step, the unit of compute for comparing methods: 1 for
-            the base optimizer, 2 for SAM (an ascent pass and the update's).
-        build: `build(network, settings)` returns the model that `fit`
+        build: `build(network, settings, plan)` returns the model that `fit`
             trains: `network` itself, or a wrapper that trains `network`'s own
             variables (`SAMModel(network, ...)`).
         label: `label(settings)`, its name in the table and the figure.
         radius: `radius(settings)`, the rows' `rho` (0 without a SAM ball).
         adaptive: `adaptive(settings)`, the rows' `adaptive` (ASAM's ball).
+        epochs_factor: its epochs as a multiple of `settings.epochs` (over
+            the same sequence of batches, continued); 2 gives the base as many
+            forward/backward passes as SAM.
     """
 
     name: str
-    passes_per_step: int
-    build: Callable[[keras.Model, DemoSettings], keras.Model]
+    build: Callable[[keras.Model, DemoSettings, RunPlan], keras.Model]
     label: Callable[[DemoSettings], str]
     radius: Callable[[DemoSettings], float] = lambda settings: 0.0
     adaptive: Callable[[DemoSettings], bool] = lambda settings: False
+    epochs_factor: int = 1
 
 
 #: The methods the demo can train, by name, in registration order.
@@ -131,7 +157,7 @@ def register_method(method: DemoMethod) -> DemoMethod:
         raise InvalidArgumentError(
             f"`method` must be a `DemoMethod`. Received: method={method!r}."
         )
-    check_int("passes_per_step", method.passes_per_step, minimum=1)
+    check_int("epochs_factor", method.epochs_factor, minimum=1)
     METHODS[method.name] = method
     return method
 
@@ -141,26 +167,128 @@ def _sam_label(settings: DemoSettings) -> str:
     return f"{name}(rho={settings.rho:g}) + {settings.optimizer}"
 
 
+# The cheaper modes' settings, as docs/cheap-sam.md recommends them for this
+# task (chosen on a validation split of the noisy training data).
+LOOKSAM = {"k": 5, "alpha": 0.7}
+MSAM_RHO = 1.0
+RST_PROBABILITY = 0.5
+AESAM_THRESHOLD = (1.0, -1.0)  # c_t from 1 to -1 over the run, as the paper
+LATE_FRACTION = 0.5  # SAM for the last half of the steps
+
+
+def _sam(network, settings, plan, rho=None):
+    rho = settings.rho if rho is None else rho
+    return SAMModel(network, rho=rho, adaptive=settings.adaptive)
+
+
 register_method(
     DemoMethod(
         name="base",
-        passes_per_step=1,
-        build=lambda network, settings: network,
+        build=lambda network, settings, plan: network,
         label=lambda settings: settings.optimizer,
     )
 )
 register_method(
     DemoMethod(
         name="sam",
-        passes_per_step=2,
-        build=lambda network, settings: SAMModel(
-            network, rho=settings.rho, adaptive=settings.adaptive
-        ),
+        build=_sam,
         label=_sam_label,
         radius=lambda settings: settings.rho,
         adaptive=lambda settings: settings.adaptive,
     )
 )
+register_method(
+    DemoMethod(
+        name="base-matched",
+        build=lambda network, settings, plan: network,
+        label=lambda settings: f"{settings.optimizer}, 2x epochs",
+        epochs_factor=2,
+    )
+)
+register_method(
+    DemoMethod(
+        name="looksam",
+        build=lambda network, settings, plan: LookSAMModel(
+            network, rho=settings.rho, adaptive=settings.adaptive, **LOOKSAM
+        ),
+        label=lambda settings: f"LookSAM(k={LOOKSAM['k']}) + {settings.optimizer}",
+        radius=lambda settings: settings.rho,
+        adaptive=lambda settings: settings.adaptive,
+    )
+)
+register_method(
+    DemoMethod(
+        name="msam",
+        build=lambda network, settings, plan: MSAMModel(network, rho=MSAM_RHO),
+        label=lambda settings: f"MSAM(rho={MSAM_RHO:g}) + {settings.optimizer}",
+        radius=lambda settings: MSAM_RHO,
+    )
+)
+register_method(
+    DemoMethod(
+        name="rst",
+        build=lambda network, settings, plan: RandomizedSAMModel(
+            network, rho=settings.rho, adaptive=settings.adaptive,
+            probability=RST_PROBABILITY, seed=plan.seed,
+        ),  # fmt: skip
+        label=lambda settings: f"RST(p={RST_PROBABILITY:g}) + {settings.optimizer}",
+        radius=lambda settings: settings.rho,
+        adaptive=lambda settings: settings.adaptive,
+    )
+)
+register_method(
+    DemoMethod(
+        name="aesam",
+        build=lambda network, settings, plan: AESAMModel(
+            network, rho=settings.rho, adaptive=settings.adaptive,
+            threshold=schedules.Linear(*AESAM_THRESHOLD, plan.total_steps),
+        ),  # fmt: skip
+        label=lambda settings: f"AE-SAM + {settings.optimizer}",
+        radius=lambda settings: settings.rho,
+        adaptive=lambda settings: settings.adaptive,
+    )
+)
+def _late_sam(network, settings, plan):
+    """SAM for the last `LATE_FRACTION` of the base's steps, plain steps before."""
+    start = round(plan.total_steps * (1 - LATE_FRACTION))
+    return _sam(network, settings, plan, rho=schedules.LatePhase(settings.rho, start))
+
+
+register_method(
+    DemoMethod(
+        name="late",
+        build=_late_sam,
+        label=lambda settings: f"late SAM ({LATE_FRACTION:.0%}) + {settings.optimizer}",
+        radius=lambda settings: settings.rho,
+        adaptive=lambda settings: settings.adaptive,
+    )
+)
+
+
+def passes_per_step(history: dict, method: DemoMethod) -> float:
+    """Forward/backward passes per step of the base's schedule, counted.
+
+    A SAM model whose steps are not all alike logs `sam_steps`, each epoch's
+    share of SAM steps (two passes); one that always climbs logs only
+    `sharpness` (two passes a step); a plain model neither (one). Epochs have
+    equal steps, so the mean over epochs is the run's share; `base-matched`
+    runs `epochs_factor` times the base's steps.
+    """
+    if "sam_steps" in history:
+        per_step = 1.0 + float(np.mean(history["sam_steps"]))
+    elif "sharpness" in history:
+        per_step = 2.0
+    else:
+        per_step = 1.0
+    return per_step * method.epochs_factor
+
+
+def _passes_per_epoch(history: dict) -> list[float]:
+    """Each epoch's forward/backward passes, in epochs of the base."""
+    if "sam_steps" in history:
+        return [1.0 + float(share) for share in history["sam_steps"]]
+    per_epoch = 2.0 if "sharpness" in history else 1.0
+    return [per_epoch] * len(history["loss"])
 
 
 def _method(name: str) -> DemoMethod:
@@ -451,17 +579,17 @@ def train_run(
     model = mnist1d_cnn()
     model.set_weights(initial_weights)
     steps_per_epoch = math.ceil(len(train[0]) / settings.batch_size)
+    epochs = settings.epochs * entry.epochs_factor
     optimizer = make_optimizer(
-        settings.optimizer, settings.peak_learning_rate, settings.epochs * steps_per_epoch
+        settings.optimizer, settings.peak_learning_rate, epochs * steps_per_epoch
     )
-    trainer = entry.build(model, settings)
+    plan = RunPlan(seed, steps_per_epoch, settings.epochs * steps_per_epoch)
+    trainer = entry.build(model, settings, plan)
     _compiled(trainer, optimizer, steps_per_execution=steps_per_execution or steps_per_epoch)
-    batches = seeded_batches(
-        *train, batch_size=settings.batch_size, epochs=settings.epochs, seed=seed
-    )
+    batches = seeded_batches(*train, batch_size=settings.batch_size, epochs=epochs, seed=seed)
     history = trainer.fit(
         batches,
-        epochs=settings.epochs,
+        epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         shuffle=False,  # the batches are already in their seeded order
         validation_data=test,
@@ -511,8 +639,9 @@ def run_demo(
     `train_accuracy` (on the noisy training labels), `sharpness` (top Hessian
     eigenvalue of the training loss), `first_order_sharpness` (L(w+ε̂) − L(w)
     at rho 0.05 on the training set), `passes_per_step` (forward/backward
-    passes through the network per step), `seconds` (training wall time) and
-    `test_accuracy_per_epoch`.
+    passes through the network per step of the base's schedule, counted),
+    `seconds` (training wall time), `seconds_vs_base` (over the base's of the
+    same seed, or None without a base run) and `test_accuracy_per_epoch`.
     """
     if not isinstance(settings, DemoSettings):
         raise InvalidArgumentError(
@@ -535,7 +664,10 @@ def run_demo(
             model, history = train_run(name, initial_weights, train, test, settings, seed)
             seconds = time.perf_counter() - started
             metrics, landscapes[name] = _measure(model, train, test, settings)
-            curves[name] = [float(a) for a in history["val_accuracy"]]
+            curves[name] = (
+                np.cumsum(_passes_per_epoch(history)).tolist(),
+                [float(a) for a in history["val_accuracy"]],
+            )
             rows.append(
                 {
                     "method": name,
@@ -546,11 +678,15 @@ def run_demo(
                     "noise": settings.noise,
                     "epochs": settings.epochs,
                     **metrics,
-                    "passes_per_step": method.passes_per_step,
+                    "passes_per_step": passes_per_step(history, method),
                     "seconds": seconds,
-                    "test_accuracy_per_epoch": curves[name],
+                    "test_accuracy_per_epoch": curves[name][1],
                 }
             )
+        base_seconds = next((r["seconds"] for r in rows[-len(settings.methods):]
+                             if r["method"] == "base"), None)  # fmt: skip
+        for row in rows[-len(settings.methods):]:
+            row["seconds_vs_base"] = None if base_seconds is None else row["seconds"] / base_seconds
         figure = _figure(curves, landscapes, settings, seed)
         figure.savefig(out / f"sam_vs_base_seed{seed}.png", dpi=120)
     print(format_table(rows, settings))
@@ -574,9 +710,13 @@ def _figure(curves: dict, landscapes: dict, settings: DemoSettings, seed: int):
     )
     accuracy_axes, landscape_axes = figure.subplots(1, 2)
     labels = [_method_label(method, settings) for method in curves]
-    for label, curve in zip(labels, curves.values()):
-        accuracy_axes.plot(range(1, len(curve) + 1), curve, label=label)
-    accuracy_axes.set(xlabel="epoch", ylabel="clean test accuracy", title="test accuracy")
+    for label, (compute, curve) in zip(labels, curves.values()):
+        accuracy_axes.plot(compute, curve, label=label)
+    accuracy_axes.set(
+        xlabel="compute: forward/backward passes, in epochs of the base",
+        ylabel="clean test accuracy",
+        title="test accuracy at equal compute",
+    )
     accuracy_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     accuracy_axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     accuracy_axes.grid(alpha=0.3)
@@ -590,8 +730,9 @@ def _figure(curves: dict, landscapes: dict, settings: DemoSettings, seed: int):
 def format_table(rows: Sequence[dict], settings: DemoSettings) -> str:
     """The demo's results as a plain-text table, one line per run.
 
-    `passes/step` is the forward/backward passes through the network per
-    training step, so runs of different methods compare at equal compute.
+    `passes/step` is the forward/backward passes through the network per step
+    of the base's schedule, counted, so runs of different methods compare at
+    equal compute; `vs base` is the training time over the base's.
     """
     header = (
         f"MNIST-1D, {settings.noise:.0%} symmetric label noise, {settings.optimizer}, "
@@ -606,16 +747,19 @@ def format_table(rows: Sequence[dict], settings: DemoSettings) -> str:
         "L(w+e)-L(w)",
         "passes/step",
         "train time",
+        "vs base",
     )
-    template = "{:>4}  {:<24}  {:>14}  {:>10}  {:>15}  {:>11}  {:>11}  {:>10}"
+    template = "{:>4}  {:<30}  {:>14}  {:>10}  {:>15}  {:>11}  {:>11}  {:>10}  {:>7}"
     lines = [header, "", template.format(*columns)]
     for row in rows:
         method = _method_label(row["method"], settings)
+        relative = row.get("seconds_vs_base")
         lines.append(
-            f"{row['seed']:>4}  {method:<24}  {row['test_accuracy']:>14.1%}  "
+            f"{row['seed']:>4}  {method:<30}  {row['test_accuracy']:>14.1%}  "
             f"{row['train_loss']:>10.3f}  {row['sharpness']:>15.2f}  "
             f"{row.get('first_order_sharpness', float('nan')):>11.4f}  "
-            f"{row.get('passes_per_step', '?'):>11}  {row['seconds']:>9.0f}s"
+            f"{row.get('passes_per_step', float('nan')):>11.2f}  {row['seconds']:>9.0f}s  "
+            + (f"{relative:>6.2f}x" if relative is not None else f"{'':>7}")
         )
     lines.append(
         "(top Hessian eig: sharpness of the minimum. L(w+e)-L(w), rho 0.05: SAM's first-order"

@@ -220,11 +220,11 @@ def test_one_epoch_per_call_trains_to_the_same_weights_as_one_step_per_call(
 
 
 # ------------------------------------------------------------ the methods
-@pytest.mark.parametrize("name", ["base", "sam"])
-def test_passes_per_step_is_what_a_step_costs(name, monkeypatch):
-    """The registry's `passes_per_step` against a count: the network's
-    training-mode forward passes per step, run eagerly so that each pass is a
-    Python call (in a compiled step it would be counted once, at tracing)."""
+@pytest.mark.parametrize("name", list(METHODS))
+def test_passes_per_step_is_what_the_steps_cost(name, monkeypatch):
+    """`passes_per_step`, counted from a run's logs, against a count of the
+    network's training-mode forward passes, run eagerly so that each pass is
+    a Python call (in a compiled step it would be counted once, at tracing)."""
     calls = []
     original_call = keras.Sequential.call
 
@@ -234,34 +234,41 @@ def test_passes_per_step_is_what_a_step_costs(name, monkeypatch):
         return original_call(model, inputs, training=training, **kwargs)
 
     monkeypatch.setattr(keras.Sequential, "call", counting_call)
-    settings = DemoSettings(epochs=1, batch_size=16, verbose=0)
+    settings = DemoSettings(epochs=2, batch_size=16, verbose=0)
+    method = METHODS[name]
     network = keras.Sequential(
         [keras.Input((40, 1)), keras.layers.Flatten(), keras.layers.Dense(10)], name="network"
     )
-    trainer = METHODS[name].build(network, settings)
+    steps_per_epoch, epochs = 5, settings.epochs * method.epochs_factor
+    plan = demo.RunPlan(seed=0, steps_per_epoch=steps_per_epoch,
+                        total_steps=settings.epochs * steps_per_epoch)  # fmt: skip
+    trainer = method.build(network, settings, plan)
     trainer.compile(
         optimizer="sgd",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         run_eagerly=True,
     )
-    x = np.random.default_rng(0).normal(size=(48, 40, 1)).astype("float32")
-    y = np.arange(48, dtype="int32") % 10
-    trainer.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
-    steps = 3
-    assert calls.count("network") == METHODS[name].passes_per_step * steps
+    x = np.random.default_rng(0).normal(size=(80, 40, 1)).astype("float32")
+    y = np.arange(80, dtype="int32") % 10
+    history = trainer.fit(x, y, batch_size=16, epochs=epochs, verbose=0, shuffle=False).history
+    base_steps = settings.epochs * steps_per_epoch
+    assert calls.count("network") == pytest.approx(
+        demo.passes_per_step(history, method) * base_steps
+    )
 
 
 def test_the_registry_takes_new_methods_and_checks_them():
-    assert list(METHODS) == ["base", "sam"]
-    assert [METHODS[m].passes_per_step for m in METHODS] == [1, 2]
-    with pytest.raises(InvalidArgumentError, match="passes_per_step"):
+    assert list(METHODS) == [
+        "base", "sam", "base-matched", "looksam", "msam", "rst", "aesam", "late"
+    ]  # fmt: skip
+    with pytest.raises(InvalidArgumentError, match="epochs_factor"):
         register_method(
-            DemoMethod("free", 0, build=lambda network, settings: network, label=str)
+            DemoMethod("free", build=lambda *args: args[0], label=str, epochs_factor=0)
         )
     with pytest.raises(InvalidArgumentError, match="`method` must be one of base, sam"):
-        train_run("msam", [], (None, None), (None, None), DemoSettings(), seed=0)
+        train_run("sgdr", [], (None, None), (None, None), DemoSettings(), seed=0)
     with pytest.raises(InvalidArgumentError, match="`methods`"):
-        DemoSettings(methods=("base", "msam"))
+        DemoSettings(methods=("base", "sgdr"))
     assert "free" not in METHODS
 
 
@@ -270,23 +277,34 @@ def test_a_registered_method_is_trained_and_reported(tmp_path, monkeypatch, caps
     same batches) and gets its row, its passes per step and its time."""
     monkeypatch.setitem(
         METHODS,
-        "twice",  # the base step, declared at double cost: only the bookkeeping differs
-        DemoMethod(
-            "twice", 2, build=lambda network, settings: network, label=lambda s: "twice"
-        ),
+        "again",  # the base step again: the same numbers, its own row
+        DemoMethod("again", build=lambda network, *_: network, label=lambda s: "again"),
     )
     settings = DemoSettings(
-        methods=("base", "twice"), verbose=0, epochs=2, num_samples=200,
+        methods=("base", "again"), verbose=0, epochs=2, num_samples=200,
         hessian_iterations=2, landscape_points=3,
     )
     rows = demo.run_demo(settings, seeds=[0], out=tmp_path)
-    assert [row["method"] for row in rows] == ["base", "twice"]
-    assert [row["passes_per_step"] for row in rows] == [1, 2]
+    assert [row["method"] for row in rows] == ["base", "again"]
+    assert [row["passes_per_step"] for row in rows] == [1, 1]
     assert rows[0]["test_accuracy_per_epoch"] == rows[1]["test_accuracy_per_epoch"]
     assert rows[0]["train_loss"] == rows[1]["train_loss"]
     assert all(row["seconds"] > 0 and row["rho"] == 0.0 for row in rows)
+    assert rows[0]["seconds_vs_base"] == 1.0 and rows[1]["seconds_vs_base"] > 0
     table = capsys.readouterr().out
-    assert "passes/step" in table and "twice" in table
+    assert "passes/step" in table and "again" in table and "vs base" in table
+
+
+def test_base_matched_has_twice_the_passes_over_the_same_batches(tmp_path):
+    """`base-matched` trains the base for twice the epochs: its first epochs'
+    batches are the base run's, so the passes are the ones SAM spends."""
+    settings = DemoSettings(
+        methods=("base", "base-matched"), verbose=0, epochs=2, num_samples=200,
+        hessian_iterations=2, landscape_points=3,
+    )
+    rows = demo.run_demo(settings, seeds=[0], out=tmp_path)
+    assert [row["passes_per_step"] for row in rows] == [1, 2]
+    assert len(rows[1]["test_accuracy_per_epoch"]) == 2 * len(rows[0]["test_accuracy_per_epoch"])
 
 
 # -------------------------------------------------------------- the quick run

@@ -54,6 +54,8 @@ def poison_unless(finite, gradients) -> list:
 
 def apply(optimizer, gradients, variables) -> None:
     """`optimizer.apply(gradients, variables)` inside the step's scope."""
+    if not optimizer.built:  # outside a step, as `optimizer.apply` builds it
+        optimizer.build(variables)
     trainable = [v.value for v in variables]
     own = [v.value for v in optimizer.variables]
     gradients = [keras.ops.zeros_like(w) if g is None else g for g, w in zip(gradients, trainable)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import keras
 
+from keras_sam import batch_splits
 from keras_sam.backend.jax import passes, scopes
 
 __all__ = ["Trainer"]
@@ -41,6 +42,7 @@ class Trainer:
         if self.train_function is not None and not force:
             return self.train_function
         self._check_distribution_support()
+        batch_splits.warn_if_misweighted(self.num_batch_splits, getattr(self, "loss", None))
         self._build_variant_state()
         return super().make_train_function(force)
 

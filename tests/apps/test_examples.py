@@ -20,10 +20,11 @@ def run(script, *args, cwd):
     )
 
 
-def test_the_four_examples_exist():
+def test_the_five_examples_exist():
     assert [p.name for p in EXAMPLES] == [
         "cifar10_sam_vs_sgd.py",
         "custom_training_loop.py",
+        "finetune_kerashub.py",
         "finetune_with_sam.py",
         "label_noise_cifar10.py",
     ]
@@ -34,6 +35,7 @@ EXPECTED_OUTPUT = {
     "label_noise_cifar10": ["Clean test accuracy", " 40%"],
     "custom_training_loop": ["SGD test accuracy", "SAM test accuracy"],
     "finetune_with_sam": ["SAM, frozen backbone", "SAM, top block unfrozen"],
+    "finetune_kerashub": ["SAM fine-tuned bert_text_classifier", "saved the fine-tuned"],
 }
 
 
@@ -49,7 +51,7 @@ def test_example_runs_at_smoke_size(script, tmp_path):
 
 
 def test_help_of_every_example(tmp_path):
-    # One interpreter for all four: --help must not train or load data.
+    # One interpreter for all five: --help must not train or load data.
     code = (
         "import runpy, sys\n"
         "for path in sys.argv[1:]:\n"
@@ -67,6 +69,6 @@ def test_help_of_every_example(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("HELP-OK") == 4
+    assert result.stdout.count("HELP-OK") == len(EXAMPLES) == 5
     assert "--smoke" in result.stdout
     assert not any(tmp_path.iterdir()), "--help wrote files"

@@ -2,7 +2,8 @@
 
 The reference is written from the ascent formulas (SAM's dual-norm step and
 ASAM's rescaled step); see its module docstring. Float32 results are compared to
-1e-5 relative, eagerly and inside an XLA-compiled `tf.function`.
+1e-5 relative, eagerly and inside an XLA program (`tf.function(jit_compile=True)`
+on TensorFlow, `jax.jit` on JAX).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_neutral import compiled, numpy, tensorflow_only, tensors, traced
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -37,21 +38,20 @@ def _problem(seed: int = 0):
 
 
 def _tensors(arrays, dtype="float32"):
-    return [None if a is None else tf.constant(a, dtype) for a in arrays]
+    return tensors(arrays, dtype)
 
 
-def _compiled(gradients, function):
-    """`function(present_gradients)` inside one XLA-compiled `tf.function`."""
+def _compiled(gradients, function, *arguments):
+    """`function(present_gradients, *arguments)` inside one XLA program."""
     present = [i for i, g in enumerate(gradients) if g is not None]
 
-    @tf.function(jit_compile=True)
-    def compiled(present_gradients):
+    def in_xla(present_gradients, *arguments):
         full = [None] * len(gradients)
         for i, g in zip(present, present_gradients):
             full[i] = g
-        return function(full)
+        return function(full, *arguments)
 
-    return compiled([gradients[i] for i in present])
+    return compiled(in_xla)([gradients[i] for i in present], *arguments)
 
 
 def _assert_matches(actual, expected, rtol=1e-5):
@@ -84,14 +84,14 @@ def test_matches_float64_reference_under_xla():
     gradients, weights = _problem()
     weight_tensors = _tensors(weights)
 
-    def every_case(full_gradients):
-        rho = tf.constant(RHO)
+    def every_case(full_gradients, rho):
         return [
             perturbation(full_gradients, weight_tensors, rho, p=p, adaptive=adaptive, eta=0.05)
             for p, adaptive in CASES
         ]
 
-    for (p, adaptive), actual in zip(CASES, _compiled(_tensors(gradients), every_case)):
+    rho = keras.ops.convert_to_tensor(RHO)  # an argument of the program: a tensor in it
+    for (p, adaptive), actual in zip(CASES, _compiled(_tensors(gradients), every_case, rho)):
         expected = ref.perturbation(gradients, weights, RHO, p=p, adaptive=adaptive, eta=0.05)
         _assert_matches(actual, expected)
 
@@ -123,8 +123,9 @@ def test_none_counts_as_zero_and_comes_back_none():
     )
     assert with_none[2] is None
     for i, value in zip(present, without):
-        np.testing.assert_array_equal(with_none[i].numpy(), value.numpy())
-    assert perturbation([None, None], [tf.zeros(1), tf.zeros(2)], RHO) == [None, None]
+        np.testing.assert_array_equal(numpy(with_none[i]), numpy(value))
+    zeros = [keras.ops.zeros(1), keras.ops.zeros(2)]
+    assert perturbation([None, None], zeros, RHO) == [None, None]
 
 
 def test_exported_at_package_level():
@@ -143,7 +144,7 @@ def test_zero_gradient_gives_zero_and_no_nan(p, adaptive, eps):
         _tensors(gradients), _tensors(weights), RHO, p=p, adaptive=adaptive, eps=eps
     )
     for e in result:
-        np.testing.assert_array_equal(e.numpy(), 0.0)
+        np.testing.assert_array_equal(numpy(e), 0.0)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -156,7 +157,7 @@ def test_nonfinite_gradient_gives_all_zero(p, adaptive, bad):
     result = perturbation(_tensors(gradients), _tensors(weights), RHO, p=p, adaptive=adaptive)
     for e in result:
         if e is not None:
-            np.testing.assert_array_equal(e.numpy(), 0.0)
+            np.testing.assert_array_equal(numpy(e), 0.0)
 
 
 @pytest.mark.parametrize("p", [1.1, 1.5, 2, 3, INF])
@@ -174,18 +175,32 @@ def test_gradient_scale_does_not_change_the_ascent(p, scale):
 
 
 # --------------------------------------------------------------------- rho
-@pytest.mark.parametrize("make_rho", [tf.constant, tf.Variable, keras.Variable])
+def _tf_variable(value):
+    import tensorflow as tf
+
+    return tf.Variable(value)
+
+
+@pytest.mark.parametrize(
+    "make_rho",
+    [
+        keras.ops.convert_to_tensor,
+        pytest.param(_tf_variable, marks=tensorflow_only),
+        keras.Variable,
+    ],
+    ids=["tensor", "tf_variable", "keras_variable"],
+)
 def test_rho_as_tensor(make_rho):
     gradients, weights = _problem()
     rho = make_rho(RHO)
     actual = perturbation(_tensors(gradients), _tensors(weights), rho, p=3, adaptive=True)
     _assert_matches(actual, ref.perturbation(gradients, weights, RHO, p=3, adaptive=True))
-    traced = tf.function(lambda g, w: perturbation(g, w, rho, p=3, adaptive=True))
+    in_graph = traced(lambda g, w: perturbation(g, w, rho, p=3, adaptive=True))
     present = [i for i, g in enumerate(gradients) if g is not None]
     gradients = [gradients[i] for i in present]
     weights = [weights[i] for i in present]
     expected = ref.perturbation(gradients, weights, RHO, p=3, adaptive=True)
-    _assert_matches(traced(_tensors(gradients), _tensors(weights)), expected)
+    _assert_matches(in_graph(_tensors(gradients), _tensors(weights)), expected)
 
 
 # ------------------------------------------------------------- validation
@@ -204,7 +219,7 @@ def test_invalid_p_is_a_value_error_naming_p(p):
 def test_valid_p_is_accepted(p):
     gradients, weights = _problem()
     result = perturbation(_tensors(gradients), _tensors(weights), RHO, p=p)
-    assert all(e is None or np.isfinite(e.numpy()).all() for e in result)
+    assert all(e is None or np.isfinite(numpy(e)).all() for e in result)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +250,7 @@ def test_invalid_argument_is_named_with_its_value(argument, value):
 
 def test_length_mismatch_is_a_value_error():
     with pytest.raises(ValueError, match="same length"):
-        perturbation([tf.ones(2)], [tf.ones(2), tf.ones(1)], RHO)
+        perturbation([keras.ops.ones(2)], [keras.ops.ones(2), keras.ops.ones(1)], RHO)
 
 
 # ------------------------------------------------------------------ dtypes
@@ -248,12 +263,12 @@ def test_float16_gradients_come_back_float16(p, adaptive):
         _tensors(gradients16, "float16"), _tensors(weights, "float16"), RHO, p=p,
         adaptive=adaptive,
     )
-    assert [None if e is None else e.dtype for e in result] == [
-        None if g is None else tf.float16 for g in gradients
+    assert [None if e is None else keras.backend.standardize_dtype(e.dtype) for e in result] == [
+        None if g is None else "float16" for g in gradients
     ]
     weights16 = [w.astype("float16") for w in weights]
     expected = ref.perturbation(gradients16, weights16, RHO, p=p, adaptive=adaptive)
-    _assert_matches([None if e is None else e.numpy() for e in result], expected, rtol=2e-3)
+    _assert_matches([None if e is None else numpy(e) for e in result], expected, rtol=2e-3)
 
 
 # ---------------------------------------------------------- Hölder properties
@@ -298,7 +313,7 @@ def _dual_exponent(p: float) -> float:
 @given(gradients=_gradient_lists(), p=P_VALUES, rho=st.floats(1e-3, 10))
 def test_ascent_lies_on_the_sphere_of_radius_rho(gradients, p, rho):
     result = perturbation(_tensors(gradients), _tensors(gradients), rho, p=p)
-    assert ref.p_norm([e.numpy() for e in result], p) == pytest.approx(rho, rel=1e-4)
+    assert ref.p_norm([numpy(e) for e in result], p) == pytest.approx(rho, rel=1e-4)
 
 
 @PROPERTY_SETTINGS
@@ -307,7 +322,7 @@ def test_ascent_attains_hoelder_equality(gradients, p, rho):
     """gᵀε̂ = ρ‖g‖_q: ε̂ maximises the first-order loss increase over the p-ball."""
     result = perturbation(_tensors(gradients), _tensors(gradients), rho, p=p)
     inner = sum(
-        float(np.dot(g.astype(np.float64).ravel(), e.numpy().astype(np.float64).ravel()))
+        float(np.dot(g.astype(np.float64).ravel(), numpy(e).astype(np.float64).ravel()))
         for g, e in zip(gradients, result)
     )
     expected = rho * ref.p_norm(gradients, _dual_exponent(p))
@@ -326,10 +341,13 @@ def _dropout_mlp() -> keras.Model:
     )
 
 
+@tensorflow_only  # README's loop is written with tf.GradientTape and tf.function
 def test_readmes_custom_loop_equals_sam_model_fit_bit_for_bit():
     """README, "SAM in your own training loop": three steps of its loop give the
     weights of `SAMModel(rho=0.05).fit(...)` on the same batches, bit for bit
     (dropout included: both draw the masks of pass 1, then of pass 2)."""
+    import tensorflow as tf
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 6)).astype("float32")
     y = rng.integers(0, 3, size=48)

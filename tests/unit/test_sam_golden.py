@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import pytest
+from backend_neutral import synced
 
 from keras_sam import SAMModel
 
@@ -190,6 +191,19 @@ def train_case(name: str, jit_compile: bool, step_weights, steps_per_execution: 
         callbacks=[recorder],
     )
     return Run(case, data, model, recorder.weights, history.history)
+
+
+@pytest.fixture(scope="module")
+def step_weights(step_weights):
+    """conftest's `StepWeights`, reading the weights `fit` trains on JAX too
+    (where Keras holds them apart from the variables until asked)."""
+
+    class SyncedStepWeights(step_weights):
+        def _snapshot(self):
+            synced(self.model)
+            super()._snapshot()
+
+    return SyncedStepWeights
 
 
 @pytest.fixture(scope="module")
@@ -396,15 +410,16 @@ def test_all_zero_gradient_gives_zero_perturbation_not_nan():
 
 # --------------------------------------------------------------- rho
 class TraceCountingSAMModel(SAMModel):
-    """Counts Python executions of `train_step`: one per trace in graph mode."""
+    """Counts Python executions of `train_step`: one per trace in a graph
+    (TensorFlow's default) or a `jax.jit` (JAX's)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_step_traces = 0
 
-    def train_step(self, data):
+    def train_step(self, *args):  # (data) on TensorFlow, (state, data) on JAX
         self.train_step_traces += 1
-        return super().train_step(data)
+        return super().train_step(*args)
 
 
 class _SwitchOffRho(keras.callbacks.Callback):

@@ -5,6 +5,10 @@ Numbers are checked against the float64 NumPy reference in
 `numpy_reference.py` (which shares no code with keras-sam) or against the same
 computation done another way (plain arrays vs `tf.data`, one `fit` vs a saved
 and resumed one), bit for bit wherever the two run the same float32 ops.
+
+Every test runs on TensorFlow and on JAX; TensorBoard's event files and the
+exported SavedModel read back as a `TFSMLayer` are TensorFlow's own
+(`tensorflow_only`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_neutral import ON_TENSORFLOW, numpy, tensorflow_only
 
 from keras_sam import SAMModel
 
@@ -173,10 +177,10 @@ def test_call_predict_and_evaluate_are_the_base_models():
     )
     base = _compile_classifier(model.base_model)  # same loss and metrics
 
-    np.testing.assert_array_equal(model(x).numpy(), base(x).numpy())
+    np.testing.assert_array_equal(numpy(model(x)), numpy(base(x)))
     # training=True reaches the base: BatchNorm uses the batch statistics.
-    np.testing.assert_array_equal(model(x, training=True).numpy(), base(x, training=True).numpy())
-    assert not np.allclose(model(x, training=True).numpy(), model(x).numpy())
+    np.testing.assert_array_equal(numpy(model(x, training=True)), numpy(base(x, training=True)))
+    assert not np.allclose(numpy(model(x, training=True)), numpy(model(x)))
     logits = model.predict(x, batch_size=8, verbose=0)
     np.testing.assert_array_equal(logits, base.predict(x, batch_size=8, verbose=0))
 
@@ -335,8 +339,8 @@ def test_training_resumed_from_a_saved_model_is_bit_identical(tmp_path):
 
 
 # -------------------------------------------------------------- export
-def test_export_serves_the_base_models_inference_only(tmp_path):
-    x, _ = _classification_data()
+def _exported_classifier(tmp_path):
+    """A SAM classifier with non-trivial weights, exported: (model, path)."""
     model = _sam_classifier(rho=0.1, skip_nonfinite=True)
     rng = np.random.default_rng(3)  # non-trivial weights and BatchNorm statistics
     model.base_model.set_weights(
@@ -344,20 +348,48 @@ def test_export_serves_the_base_models_inference_only(tmp_path):
     )
     path = str(tmp_path / "exported")
     model.export(path, verbose=False)
+    return model, path
+
+
+def test_export_serves_the_base_models_inference_only(tmp_path):
+    """A TensorFlow SavedModel from either backend (through jax2tf on JAX)."""
+    import tensorflow as tf
+
+    x, _ = _classification_data()
+    model, path = _exported_classifier(tmp_path)
     expected = model.predict(x, verbose=0)
 
     served = tf.saved_model.load(path)  # keep the reference: it owns the variables
     np.testing.assert_allclose(served.serve(x).numpy(), expected, rtol=1e-6, atol=1e-6)
-    layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
-    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-6, atol=1e-6)
 
-    exported = {v.name.removesuffix(":0"): v.numpy() for v in served.variables}
-    base_weights = {v.path: v.numpy() for v in model.base_model.weights}
-    assert sorted(exported) == sorted(base_weights)
-    for name, value in base_weights.items():
-        np.testing.assert_array_equal(exported[name], value)
+    exported = [(v.name.removesuffix(":0"), v.numpy()) for v in served.variables]
+    base_weights = [(v.path, v.numpy()) for v in model.base_model.weights]
+    if ON_TENSORFLOW:  # the SavedModel names each variable by its path
+        exported_by_path = dict(exported)
+        assert sorted(exported_by_path) == sorted(path for path, _ in base_weights)
+        for name, value in base_weights:
+            np.testing.assert_array_equal(exported_by_path[name], value)
+    else:
+        # jax2tf names them by their last part ("kernel", "bias", ...), which
+        # repeats: each base weight is one exported variable, bit for bit.
+        assert len(exported) == len(base_weights)
+        unmatched = [value for _, value in exported]
+        for name, value in base_weights:
+            same = [i for i, other in enumerate(unmatched) if np.array_equal(other, value)]
+            assert same, f"{name} is not exported"
+            unmatched.pop(same[0])
     sam_state = ("rho", "skipped_steps", "iteration", "learning_rate", "momentum")
-    assert not [n for n in exported if any(word in n for word in sam_state)]
+    assert not [n for n, _ in exported if any(word in n for word in sam_state)]
+
+
+@tensorflow_only  # Keras's TFSMLayer runs on the TensorFlow backend only
+def test_an_export_reloads_as_a_tfsm_layer(tmp_path):
+    x, _ = _classification_data()
+    model, path = _exported_classifier(tmp_path)
+    layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+    np.testing.assert_allclose(
+        layer(x).numpy(), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
 
 
 # ------------------------------------------------------ fit and its options
@@ -420,6 +452,9 @@ def test_steps_per_execution_gives_the_same_training():
 
 
 def test_tf_data_dataset_input_gives_the_same_training_as_arrays():
+    """Keras reads a `tf.data.Dataset` on either backend."""
+    import tensorflow as tf
+
     x, y = _regression_data(rows=12)
     from_arrays = _sam_linear(rho=0.05, momentum=0.9)
     array_history = from_arrays.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
@@ -480,6 +515,7 @@ def test_class_weight_weighs_both_sam_passes():
 
 # ------------------------------------------------------------- callbacks
 def _tensorboard_scalars(log_dir: Path) -> dict:
+    import tensorflow as tf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(log_dir / "train"))
@@ -490,16 +526,11 @@ def _tensorboard_scalars(log_dir: Path) -> dict:
     }
 
 
-def test_model_checkpoint_and_tensorboard_callbacks(tmp_path):
+@tensorflow_only  # TensorBoard's event files are written by TensorFlow
+def test_tensorboard_callback_records_the_sam_logs(tmp_path):
     x, y = _classification_data()
     model = _sam_classifier(rho=0.1)
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            str(tmp_path / "epoch{epoch}.weights.h5"), save_weights_only=True
-        ),
-        keras.callbacks.ModelCheckpoint(str(tmp_path / "epoch{epoch}.keras")),
-        keras.callbacks.TensorBoard(str(tmp_path / "tensorboard")),
-    ]
+    callbacks = [keras.callbacks.TensorBoard(str(tmp_path / "tensorboard"))]
     history = model.fit(
         x, y, batch_size=8, epochs=2, shuffle=False, callbacks=callbacks, verbose=0
     ).history
@@ -507,6 +538,18 @@ def test_model_checkpoint_and_tensorboard_callbacks(tmp_path):
     scalars = _tensorboard_scalars(tmp_path / "tensorboard")
     assert scalars["epoch_sharpness"] == [float(np.float32(s)) for s in history["sharpness"]]
     assert scalars["epoch_loss"] == [float(np.float32(s)) for s in history["loss"]]
+
+
+def test_model_checkpoint_callbacks(tmp_path):
+    x, y = _classification_data()
+    model = _sam_classifier(rho=0.1)
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            str(tmp_path / "epoch{epoch}.weights.h5"), save_weights_only=True
+        ),
+        keras.callbacks.ModelCheckpoint(str(tmp_path / "epoch{epoch}.keras")),
+    ]
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, callbacks=callbacks, verbose=0)
 
     from_weights = _sam_classifier(seed=1, rho=0.1)
     from_weights(x[:1])  # see test_weights_save_and_load_right_after_construction

@@ -1,7 +1,8 @@
 """Every built-in Keras optimizer inside `SAMModel`, against an eager SAM.
 
 The reference is the textbook SAM step written out eagerly on a second copy of
-the same model: tape 1 at w, ε̂ = ρ·g / (‖g‖₂ + eps), assign w + ε̂, tape 2,
+the same model (its gradients by `tf.GradientTape` or `jax.value_and_grad`):
+gradient 1 at w, ε̂ = ρ·g / (‖g‖₂ + eps), assign w + ε̂, gradient 2,
 restore w from a saved copy, then `optimizer.apply(sam_gradient)` on a fresh
 optimizer of the same configuration. Agreement after 3 steps shows that
 `SAMModel` hands the optimizer the SAM gradient once per step through its
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from keras import optimizers
+from backend_neutral import numpy, value_and_gradients
+from keras import ops, optimizers
 
 from keras_sam import SAMModel
 
@@ -118,25 +119,24 @@ def eager_sam(make_optimizer, rho: float = RHO, eps: float = 1e-12) -> EagerRun:
     loss_fn = keras.losses.MeanSquaredError()
 
     def gradient(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, base(x, training=True))
-        return tape.gradient(loss, variables)
+        return value_and_gradients(lambda: loss_fn(y, base(x, training=True)), variables)[1]
 
     change = 0.0
     for start in range(0, SAMPLES, BATCH):
         x, y = X[start : start + BATCH], Y[start : start + BATCH]
         clean = gradient(x, y)
-        norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in clean]))
-        saved = [tf.identity(v) for v in variables]  # a copy, not an alias
+        norm = ops.sqrt(sum(ops.sum(ops.square(g)) for g in clean))
+        saved = [ops.copy(v.value) for v in variables]  # a copy, not an alias
         for v, g in zip(variables, clean):
             v.assign_add(rho * g / (norm + eps))
         sam = gradient(x, y)
         for v, w in zip(variables, saved):
             v.assign(w)
         optimizer.apply(sam, variables)
-        scale = max(float(tf.reduce_max(tf.abs(g))) for g in clean)
+        scale = max(float(np.max(np.abs(numpy(g)))) for g in clean)
         change = max(
-            change, max(float(tf.reduce_max(tf.abs(s - g))) / scale for s, g in zip(sam, clean))
+            change,
+            max(float(np.max(np.abs(numpy(s) - numpy(g)))) / scale for s, g in zip(sam, clean)),
         )
     optimizer.finalize_variable_values(variables)  # as fit does at the end (EMA)
     return EagerRun([np.array(v.numpy()) for v in variables], change)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_neutral import ON_TENSORFLOW, PassCounter, passes, tensorflow_only
 from distributed_scripts.launcher import ScriptRun
 
 import keras_sam
@@ -218,13 +218,18 @@ def test_normalization_choosing_every_trainable_weight_is_sam_bit_for_bit():
     assert _gap([runs[0][2][1]], [INITIAL_WEIGHTS[2]]) > 1e-3  # γ moved
 
 
-PASSES = []
+PASSES = []  # TensorFlow: one entry per forward pass at run time
 
 
-class _CountsPasses(keras.layers.Layer):
-    """The identity; each forward pass at run time appends to `PASSES`."""
+class _CountsPasses(PassCounter):
+    """The identity; each forward pass at run time appends to `PASSES` (on
+    JAX: is counted by `PassCounter`'s seed generator; see `_passes`)."""
 
     def call(self, inputs):
+        if not ON_TENSORFLOW:
+            return super().call(inputs)
+        import tensorflow as tf
+
         def count():
             PASSES.append(1)
             return np.float32(0.0)
@@ -270,17 +275,22 @@ def test_choosing_nothing_is_the_plain_keras_step_bit_for_bit(case):
     _assert_bitwise(sam, plain, f"{case} against plain Keras")
 
 
+def _passes(model) -> int:
+    """The forward passes counted so far (by every counter, on TensorFlow)."""
+    return len(PASSES) if ON_TENSORFLOW else passes(model)
+
+
 def test_choosing_nothing_takes_one_pass_per_step():
     model = _compile(SAMModel(_nothing_chosen_base("batchnorm", counting=True), rho=RHO,
                               perturb=lambda variable: False))
     PASSES.clear()
     _fit(model)
-    assert len(PASSES) == STEPS
+    assert _passes(model) == STEPS
     chosen = _compile(SAMModel(_nothing_chosen_base("batchnorm", counting=True), rho=RHO,
                                perturb="normalization"))
     PASSES.clear()
     _fit(chosen)
-    assert len(PASSES) == 2 * STEPS
+    assert _passes(chosen) == 2 * STEPS
 
 
 # ---------------------------------------------------------- nested layers
@@ -479,6 +489,7 @@ def _mirrored_reference(results: dict, run: dict, replicas: int, chosen) -> list
                      gradient=ref.normalized_mlp("layer"))
 
 
+@tensorflow_only  # tf.distribute.MirroredStrategy, in a subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "chosen", "replicas"),

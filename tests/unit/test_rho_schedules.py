@@ -2,9 +2,10 @@
 
 - ρ = 0 from the start, set to 0 by a callback, or a schedule's value of 0:
   the step takes one forward/backward pass (counted at run time by a layer
-  that calls `tf.py_function`) and is the plain Keras step bit for bit, inside
-  the one traced train function (counted by a layer whose Python `call` runs
-  only while tracing);
+  that calls `tf.py_function`, or on JAX advances a seed generator of its
+  own) and is the plain Keras step bit for bit, inside the one traced train
+  function (counted by a layer whose Python `call` runs only while tracing:
+  TensorFlow's graph, JAX's `jax.jit`);
 - the schedules of `keras_sam.schedules` (`LatePhase`, `EarlyPhase`,
   `Linear`), evaluated at the optimizer's iteration, against their formulas,
   and the trained weights against `variant_reference.train` with `rho_at`: a
@@ -23,7 +24,7 @@ import functools
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_neutral import ON_JAX, ON_TENSORFLOW, PassCounter, passes, traced
 
 import keras_sam
 from keras_sam import FriendlySAMModel, GSAMModel, LookSAMModel, SAMModel
@@ -48,13 +49,20 @@ INITIAL_WEIGHTS = [
 ]
 
 TRACES: list[int] = []  # one entry per Python call of `_Counter.call` (tracing)
-PASSES: list[int] = []  # one entry per forward pass at run time
+PASSES: list[int] = []  # TensorFlow: one entry per forward pass at run time
+
+# The compile mode of the tests that count passes and traces: TensorFlow's
+# graph (its counter runs Python, which XLA cannot), JAX's `jax.jit` (the
+# counter is state there; an unjitted JAX step runs its Python every step,
+# so it has no trace to count).
+COUNTING_JIT = ON_JAX
 
 
-class _Counter(keras.layers.Layer):
+class _Counter(PassCounter):
     """The identity. Each Python call (in graph mode: each trace) appends to
     `TRACES`; with `at_run_time`, each forward pass that runs appends to
-    `PASSES` (a `tf.py_function`, so not under XLA)."""
+    `PASSES` (a `tf.py_function`, so not under XLA), or on JAX is counted by
+    `PassCounter`'s seed generator (see `_passes`)."""
 
     def __init__(self, at_run_time: bool = True, **kwargs):
         super().__init__(**kwargs)
@@ -64,6 +72,9 @@ class _Counter(keras.layers.Layer):
         TRACES.append(1)
         if not self.at_run_time:
             return inputs
+        if ON_JAX:
+            return super().call(inputs)
+        import tensorflow as tf
 
         def count():
             PASSES.append(1)
@@ -148,6 +159,11 @@ def _reference(steps: int, rho_at) -> list[np.ndarray]:
                      ref.SGD(LEARNING_RATE, MOMENTUM), rho_at=rho_at)
 
 
+def _passes(model: keras.Model) -> int:
+    """The forward passes counted so far (by every counter, on TensorFlow)."""
+    return len(PASSES) if ON_TENSORFLOW else passes(model)
+
+
 class _PerStep(keras.callbacks.Callback):
     """Per step: the passes it ran, the traces so far, the train function;
     `plan` sets `model.rho` before the steps it names."""
@@ -159,22 +175,26 @@ class _PerStep(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         PASSES.clear()
-        self._before = 0
+        self._before = _passes(self.model)
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch in self.plan:
             self.model.rho = self.plan[batch]
 
     def on_train_batch_end(self, batch, logs=None):
-        self.passes.append(len(PASSES) - self._before)
-        self._before = len(PASSES)
+        total = _passes(self.model)
+        self.passes.append(total - self._before)
+        self._before = total
         self.traces.append(len(TRACES))
         self.functions.append(self.model.train_function)
 
 
-def _assert_traced_once(recorded: _PerStep):
+def _assert_traced_once(recorded: _PerStep, jit: bool):
+    """One train function; traced once, where it is traced (not by an
+    unjitted JAX step, whose Python runs every step)."""
     assert all(f is recorded.functions[0] for f in recorded.functions)
-    assert recorded.traces == [recorded.traces[0]] * len(recorded.traces), recorded.traces
+    if ON_TENSORFLOW or jit:
+        assert recorded.traces == [recorded.traces[0]] * len(recorded.traces), recorded.traces
 
 
 # ------------------------------------------------- ρ = 0 is the plain step
@@ -245,11 +265,11 @@ def test_rho_set_to_zero_mid_epoch_is_the_plain_keras_step_bit_for_bit():
 
 @pytest.mark.parametrize("name", list(RHO_ZERO))
 def test_rho_zero_takes_one_pass_per_step(name):
-    model = _compile(RHO_ZERO[name](_base("mlp", counter=True)))
+    model = _compile(RHO_ZERO[name](_base("mlp", counter=True)), jit=COUNTING_JIT)
     recorded = _PerStep()
     _fit(model, 0, 4, [recorded])
     assert recorded.passes == [1, 1, 1, 1]
-    _assert_traced_once(recorded)
+    _assert_traced_once(recorded, COUNTING_JIT)
 
 
 def test_rho_zero_under_xla_matches_the_float64_plain_step():
@@ -257,7 +277,7 @@ def test_rho_zero_under_xla_matches_the_float64_plain_step():
     recorded = _PerStep()
     _fit(model, 0, 5, [recorded])
     _assert_close(_weights(model), _reference(5, lambda step: 0.0))
-    _assert_traced_once(recorded)
+    _assert_traced_once(recorded, jit=True)
 
 
 # --------------------------------------------- ρ changed during training
@@ -266,13 +286,14 @@ def test_rho_switched_by_a_callback_mid_epoch(jit):
     """ρ 0.1 for steps 0-1, 0 for 2-3, 0.1 for 4-5, set by a callback in one
     epoch: SAM, plain, SAM steps (2, 1, 2 passes), one trace."""
     plan = {0: RHO, 2: 0.0, 4: RHO}
-    model = _compile(SAMModel(_base("mlp", counter=not jit), rho=RHO), jit=jit)
+    counted = not jit or ON_JAX  # (TensorFlow's counter cannot run under XLA)
+    model = _compile(SAMModel(_base("mlp", counter=counted), rho=RHO), jit=jit)
     recorded = _PerStep(plan)
     _fit(model, 0, 6, [recorded])
     expected = _reference(6, lambda step: 0.0 if step in (2, 3) else RHO)
     _assert_close(_weights(model), expected)
-    _assert_traced_once(recorded)
-    if not jit:
+    _assert_traced_once(recorded, jit)
+    if counted:
         assert recorded.passes == [2, 2, 1, 1, 2, 2]
     # The reference tells this run from SAM throughout and from SAM then plain.
     assert _gap(_reference(6, lambda step: RHO), expected) > 100 * RTOL
@@ -293,16 +314,21 @@ def test_schedule_values_follow_their_formulas(name):
     schedule, formula = SCHEDULES[name]
     steps = np.arange(0, 12)
     eager = [float(schedule(int(s))) for s in steps]
-    traced = tf.function(lambda s: schedule(s))
-    in_graph = [float(traced(tf.constant(s, "int64"))) for s in steps]
+    in_graph_schedule = traced(lambda s: schedule(s))
+    counter = keras_sam.backend.counter_dtype()  # the optimizer's step: int64, int32 on JAX
+    in_graph = [float(in_graph_schedule(keras.ops.convert_to_tensor(s, counter))) for s in steps]
     expected = [float(np.float32(formula(int(s)))) for s in steps]
     np.testing.assert_allclose(eager, expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(in_graph, eager)
+    if ON_TENSORFLOW:
+        np.testing.assert_array_equal(in_graph, eager)
+    else:  # XLA (jax.jit) may fuse the ramp's multiply-add: one rounding, not two
+        np.testing.assert_array_max_ulp(np.float32(in_graph), np.float32(eager), maxulp=1)
     # Exactly zero where the formula is zero (a one-pass step), exactly ρ
     # where it is ρ.
-    for value, want in zip(eager, expected):
-        if want == 0.0 or want == np.float32(RHO):
-            assert value == want
+    for values in (eager, in_graph):
+        for value, want in zip(values, expected):
+            if want == 0.0 or want == np.float32(RHO):
+                assert value == want
 
 
 def test_schedule_boundaries():
@@ -320,19 +346,20 @@ def test_schedule_weights_and_passes_match_float64_reference(name):
     """SAM steps (two passes) where the value is > 0, plain steps (one pass)
     where it is 0; one trace."""
     schedule, formula = SCHEDULES[name]
-    model = _compile(SAMModel(_base("mlp", counter=True), rho=schedule))
+    model = _compile(SAMModel(_base("mlp", counter=True), rho=schedule), jit=COUNTING_JIT)
     recorded = _PerStep()
     _fit(model, 0, 5, [recorded])
     _assert_close(_weights(model), _reference(5, formula))
     assert recorded.passes == [2 if formula(s) > 0 else 1 for s in range(5)]
-    _assert_traced_once(recorded)
+    _assert_traced_once(recorded, COUNTING_JIT)
     # The reference tells the schedule from its constant neighbours.
     assert _gap(_reference(5, lambda s: 0.0), _reference(5, formula)) > 100 * RTOL
     assert _gap(_reference(5, lambda s: RHO), _reference(5, formula)) > 100 * RTOL
 
 
 def test_late_phase_over_five_steps_takes_seven_passes():
-    model = _compile(SAMModel(_base("mlp", counter=True), rho=LatePhase(RHO, 3)))
+    model = _compile(SAMModel(_base("mlp", counter=True), rho=LatePhase(RHO, 3)),
+                     jit=COUNTING_JIT)
     recorded = _PerStep()
     _fit(model, 0, 5, [recorded])
     assert sum(recorded.passes) == 3 * 1 + 2 * 2

@@ -3,8 +3,9 @@
 Both choose, step by step, between a SAM step (two forward/backward passes)
 and the plain step (one). Dense(8, tanh) → Dense(3), softmax cross-entropy on
 logits, SGD with momentum, a fixed batch order. The golden tests compare each
-step's decision, counted at run time (a layer calls `tf.py_function`, which
-increments a Python counter when a pass runs: 1 pass per plain step, 2 per
+step's decision, counted at run time (`backend_neutral.PassCounter`: a layer
+calls `tf.py_function`, which increments a Python counter when a pass runs,
+or on JAX advances a seed generator of its own: 1 pass per plain step, 2 per
 SAM step), and the weights after every one of 8 steps with
 `cheap_sam_reference` (written from the rules, sharing no code with the
 library), to 1e-5 relative; AE-SAM's statistics μ and σ² too. Every
@@ -15,7 +16,6 @@ save/load checks are bit for bit.
 
 from __future__ import annotations
 
-import collections
 import functools
 import math
 
@@ -23,7 +23,7 @@ import cheap_sam_reference as ref
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_neutral import ON_JAX, PassCounter, passes, tensorflow_only
 from distributed_scripts.launcher import ScriptRun
 
 import keras_sam
@@ -56,22 +56,6 @@ def _batches(start: int, stop: int):
             for i in range(start, stop)]
 
 
-@keras.saving.register_keras_serializable(package="test_step_policies")
-class PassCounter(keras.layers.Layer):
-    """The identity; `PassCounter.counts[name]` counts the forward passes run."""
-
-    counts: collections.Counter = collections.Counter()
-
-    def call(self, inputs):
-        def count():
-            PassCounter.counts[self.name] += 1
-            return np.int32(0)
-
-        token = tf.py_function(count, [], tf.int32)
-        with tf.control_dependencies([token]):
-            return tf.identity(inputs)
-
-
 class _PerStep(keras.callbacks.Callback):
     """After every step: the trainable weights, the passes the step ran, and
     AE-SAM's statistics (when the model has them)."""
@@ -82,11 +66,11 @@ class _PerStep(keras.callbacks.Callback):
         self._last = None
 
     def on_train_begin(self, logs=None):
-        self._last = sum(PassCounter.counts.values())
+        self._last = passes(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         self.weights.append([np.array(v.numpy()) for v in self.model.trainable_variables])
-        total = sum(PassCounter.counts.values())
+        total = passes(self.model)
         self.passes.append(total - self._last)
         self._last = total
         self.statistics.append(_statistics(self.model))
@@ -101,7 +85,7 @@ def _statistics(model):
 
 def _base(counter: bool = True) -> keras.Model:
     layers = [keras.Input((4,)), keras.layers.Dense(8, activation="tanh")]
-    if counter:  # (py_function cannot run inside XLA)
+    if counter:
         layers.append(PassCounter())
     base = keras.Sequential([*layers, keras.layers.Dense(3)])
     base.set_weights(INITIAL_WEIGHTS)
@@ -123,9 +107,14 @@ def _fit(model, start, stop, callbacks=()):
                      batch_size=BATCH, shuffle=False, verbose=0, callbacks=list(callbacks))
 
 
+# Whether passes can be counted with XLA: on JAX (the counter is state), not
+# on TensorFlow (its counter runs Python, which XLA cannot).
+COUNTED_UNDER_XLA = ON_JAX
+
+
 def _train(make, jit=False, stop=STEPS) -> _PerStep:
     keras.utils.set_random_seed(0)
-    model = _compile(make(_base(counter=not jit)), jit)
+    model = _compile(make(_base(counter=not jit or COUNTED_UNDER_XLA)), jit)
     per_step = _PerStep()
     _fit(model, 0, stop, [per_step])
     per_step.model_ = model
@@ -224,7 +213,7 @@ def _rst_trained(name, jit):
 def test_rst_decisions_and_weights_match_float64_reference(name, jit):
     expected = _rst_reference(name)
     _assert_a_real_test(expected)
-    _assert_matches(_rst_trained(name, jit), expected, counted=not jit)
+    _assert_matches(_rst_trained(name, jit), expected, counted=not jit or COUNTED_UNDER_XLA)
 
 
 def test_rst_schedule_is_read_at_each_step():
@@ -362,7 +351,7 @@ def test_aesam_decisions_weights_and_statistics_match_float64_reference(name, ji
     expected = _aesam_reference(name)
     _assert_a_real_test(expected)
     trained = _aesam_trained(name, jit)
-    _assert_matches(trained, expected, counted=not jit)
+    _assert_matches(trained, expected, counted=not jit or COUNTED_UNDER_XLA)
     for step, (mean, variance) in enumerate(trained.statistics):
         np.testing.assert_allclose(mean, expected.means[step], rtol=RTOL, err_msg=f"μ {step}")
         np.testing.assert_allclose(variance, expected.variances[step], rtol=1e-4,
@@ -395,7 +384,9 @@ def _aesam_model():
     return _compile(AESAMModel(_base(), rho=RHO, **AESAM_CASES["linear"]))
 
 
-@pytest.mark.parametrize("file_format", ["keras", "weights_h5", "tf_checkpoint"])
+@pytest.mark.parametrize(
+    "file_format", ["keras", "weights_h5", pytest.param("tf_checkpoint", marks=tensorflow_only)]
+)
 def test_aesam_resumed_from_saved_state_is_bit_for_bit(file_format, tmp_path):
     """4 steps, save, restore, 4 steps: μ, σ² and everything else bit for bit
     the uninterrupted run's, and the same decisions."""
@@ -412,6 +403,8 @@ def test_aesam_resumed_from_saved_state_is_bit_for_bit(file_format, tmp_path):
         loaded = _aesam_model()
         loaded.load_weights(tmp_path / "aesam.weights.h5")
     else:
+        import tensorflow as tf
+
         path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
             str(tmp_path / "aesam_checkpoint"))
         loaded = _aesam_model()
@@ -491,9 +484,8 @@ def test_several_steps_per_execution_take_each_steps_own_decision(policy):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         steps_per_execution=4,
     )
-    PassCounter.counts.clear()
     _fit(model, 0, STEPS)
-    assert sum(PassCounter.counts.values()) == sum(expected.passes)
+    assert passes(model) == sum(expected.passes)
     _assert_close([np.array(v.numpy()) for v in model.trainable_variables], expected.weights[-1])
     if policy == "aesam":
         np.testing.assert_allclose(_statistics(model), (expected.means[-1],
@@ -613,6 +605,7 @@ def _replica(run, r):
     return [np.asarray(copies[r], np.float32) for copies in run["weights"]]
 
 
+@tensorflow_only  # tf.distribute.MirroredStrategy, in a subprocess
 @pytest.mark.slow
 def test_rst_under_mirrored_replicas_take_the_same_decisions(mirrored):
     run = _run(mirrored, "rst")
@@ -632,6 +625,7 @@ def test_rst_under_mirrored_replicas_take_the_same_decisions(mirrored):
     assert gap > 100 * RTOL
 
 
+@tensorflow_only  # tf.distribute.MirroredStrategy, in a subprocess
 @pytest.mark.slow
 def test_aesam_under_mirrored_keeps_statistics_per_replica_and_decides_together(mirrored):
     """Each replica's μ, σ² follow its own share's s; a step is a SAM step on
@@ -650,6 +644,7 @@ def test_aesam_under_mirrored_keeps_statistics_per_replica_and_decides_together(
         np.testing.assert_allclose(run["statistics"]["aesam_variance"][r], variance, rtol=1e-4)
 
 
+@tensorflow_only  # tf.distribute.MirroredStrategy, in a subprocess
 @pytest.mark.slow
 def test_aesam_with_sync_perturbation_equals_one_device_on_the_global_batch(mirrored):
     run, single = _run(mirrored, "aesam_sync"), _run(mirrored, "aesam_one_device")

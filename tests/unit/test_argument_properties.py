@@ -34,7 +34,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_neutral import ON_TENSORFLOW
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -154,7 +154,7 @@ ANY_VALUE = st.one_of(
     st.floats(width=32).map(np.float32),
     st.integers(-(2**63), INT64_MAX).map(np.int64),
     st.booleans().map(np.bool_),
-    st.floats(width=32, allow_nan=False).map(tf.constant),
+    st.floats(width=32, allow_nan=False).map(keras.ops.convert_to_tensor),
     st.sampled_from([math.inf, -math.inf, math.nan, 1e39, 2**64, 10**400, -1, 0, 1]),
 )
 
@@ -281,9 +281,18 @@ def _errors(run, wrappers) -> list[Exception]:
 _NUMBERED = re.compile(r"\b([A-Za-z_]+?)_\d+\b")  # dense_3, keras_tensor_12, compile_loss_1
 
 
+def _is_op_error(error: Exception) -> bool:
+    """Whether `error` is TensorFlow's error of a compiled op that failed."""
+    if not ON_TENSORFLOW:
+        return False
+    import tensorflow as tf
+
+    return isinstance(error, tf.errors.OpError)
+
+
 def _what_the_user_reads(error: Exception) -> str:
     """The message without graph details that differ between any two models."""
-    if isinstance(error, tf.errors.OpError):
+    if _is_op_error(error):
         # "Graph execution error: Detected at node ... defined at <stack>
         # <the op's error> [[{{node ...}}]] [Op:...]": keep the op's error.
         message = error.message.strip().split("\n\n")[-1]
@@ -329,7 +338,7 @@ def _sam_error_with_every_frame(run) -> Exception:
 
 
 def _assert_raised_by_keras_before_sam_math(error: Exception) -> None:
-    if isinstance(error, tf.errors.OpError):
+    if _is_op_error(error):
         # A compiled op failed: look at the Python stack that defined it. It
         # may be Keras's own op or the clean pass's gradient of it (as in
         # plain Keras's step), never an op of the ascent or perturbed pass.
@@ -349,8 +358,24 @@ _X = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
 _Y = np.zeros((8, 3), "float32")
 
 
-def _dataset(*parts) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices(parts if len(parts) > 1 else parts[0]).batch(4)
+class _Dataset(keras.utils.PyDataset):
+    """`parts` (arrays of as many rows) in batches of 4: a tuple of them, or
+    the one array."""
+
+    def __init__(self, parts):
+        super().__init__()
+        self.parts = parts
+
+    def __len__(self):
+        return -(-len(self.parts[0]) // 4)
+
+    def __getitem__(self, index):
+        batch = tuple(part[4 * index : 4 * index + 4] for part in self.parts)
+        return batch if len(batch) > 1 else batch[0]
+
+
+def _dataset(*parts) -> keras.utils.PyDataset:
+    return _Dataset(parts)
 
 
 BAD_DATA = {

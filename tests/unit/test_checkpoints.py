@@ -17,6 +17,9 @@ And `.keras` files are as safe as Keras's own: a base hiding a Python lambda
 in a `keras.layers.Lambda` is refused in safe mode with exactly the error
 Keras gives for the plain base, and loads with `safe_mode=False`.
 
+`tf.train.Checkpoint` is TensorFlow's own (`tensorflow_only`); the rest runs
+on JAX too.
+
 (`test_resume.py` kills a process and resumes it with `BackupAndRestore`.)
 """
 
@@ -27,7 +30,7 @@ import functools
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_neutral import ON_TENSORFLOW, numpy, tensorflow_only
 
 from keras_sam import GSAMModel, LookSAMModel, SAMModel
 
@@ -94,15 +97,19 @@ def _value(state, fragment: str) -> np.ndarray:
 
 
 class _AtEachEpochEnd(keras.callbacks.Callback):
-    """Writes a `tf.train.Checkpoint` and records the state after each epoch."""
+    """Records the state after each epoch, and on TensorFlow writes a
+    `tf.train.Checkpoint`."""
 
     def __init__(self, directory):
         super().__init__()
         self.directory, self.states, self.tf_checkpoints = directory, [], []
 
     def on_epoch_end(self, epoch, logs=None):
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
-        self.tf_checkpoints.append(checkpoint.write(str(self.directory / f"tf{epoch + 1}")))
+        if ON_TENSORFLOW:
+            import tensorflow as tf
+
+            checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+            self.tf_checkpoints.append(checkpoint.write(str(self.directory / f"tf{epoch + 1}")))
         self.states.append(_state(self.model))
 
 
@@ -128,7 +135,7 @@ def saved(tmp_path_factory):
         paths = {
             "keras": directory / "epoch1.keras",
             "weights_h5": directory / "epoch1.weights.h5",
-            "tf_checkpoint": at_epoch_end.tf_checkpoints[0],
+            "tf_checkpoint": at_epoch_end.tf_checkpoints[0] if ON_TENSORFLOW else None,
         }
         after_epoch_1, uninterrupted = at_epoch_end.states
         return after_epoch_1, uninterrupted, paths
@@ -145,6 +152,8 @@ def _restore(variant: str, file_format: str, path) -> keras.Model:
         # the optimizer so that its state is restored too.
         model.load_weights(path)
         return model
+    import tensorflow as tf
+
     model.build((None, 4))
     model.optimizer.build(model.trainable_variables)
     status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(path)
@@ -152,11 +161,16 @@ def _restore(variant: str, file_format: str, path) -> keras.Model:
     return model
 
 
+def _case(variant: str, file_format: str):
+    marks = [tensorflow_only] if file_format == "tf_checkpoint" else []
+    return pytest.param(variant, file_format, marks=marks, id=f"{variant}-{file_format}")
+
+
 # GSAM keeps no state beyond SAM's: its `.keras` round trip stands for the rest.
 CASES = [
-    *[("sam", f) for f in FORMATS],
-    *[("looksam", f) for f in FORMATS],
-    ("gsam", "keras"),
+    *[_case("sam", f) for f in FORMATS],
+    *[_case("looksam", f) for f in FORMATS],
+    _case("gsam", "keras"),
 ]
 
 
@@ -237,7 +251,7 @@ def test_a_python_lambda_is_refused_in_safe_mode_exactly_as_for_the_plain_base(t
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     # The lambda came back as code: the output is twice the Dense output.
     dense = loaded.base_model.layers[0]
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), 2.0 * dense(x).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), 2.0 * numpy(dense(x)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

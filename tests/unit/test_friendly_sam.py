@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_neutral import tensorflow_only
 from distributed_scripts.launcher import ScriptRun
 
 import keras_sam
@@ -271,7 +271,9 @@ def uninterrupted():
     return after_3, _state(model)
 
 
-@pytest.mark.parametrize("file_format", ["keras", "weights_h5", "tf_checkpoint"])
+@pytest.mark.parametrize(
+    "file_format", ["keras", "weights_h5", pytest.param("tf_checkpoint", marks=tensorflow_only)]
+)
 def test_saved_after_3_steps_restores_m_and_goes_on_bit_for_bit(
     file_format, uninterrupted, tmp_path
 ):
@@ -290,6 +292,8 @@ def test_saved_after_3_steps_restores_m_and_goes_on_bit_for_bit(
         restored = _friendly()
         restored.load_weights(tmp_path / "fsam.weights.h5")
     else:
+        import tensorflow as tf
+
         path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
             str(tmp_path / "fsam_ckpt"))
         restored = _friendly()
@@ -413,6 +417,7 @@ def _mirrored_reference(results: dict, run: dict, replicas: int):
     return weights, states
 
 
+@tensorflow_only  # tf.distribute.MirroredStrategy, in a subprocess
 @pytest.mark.slow
 def test_mirrored_replicas_keep_the_m_of_their_own_gradients(mirrored):
     run = _run(mirrored, "per_replica")
@@ -432,6 +437,7 @@ def test_mirrored_replicas_keep_the_m_of_their_own_gradients(mirrored):
     assert _gap(global_weights, expected) > 100 * RTOL
 
 
+@tensorflow_only  # tf.distribute.MirroredStrategy, in a subprocess
 @pytest.mark.slow
 def test_mirrored_sync_perturbation_equals_one_device_on_the_global_batch(mirrored):
     synced, single = _run(mirrored, "sync"), _run(mirrored, "global")

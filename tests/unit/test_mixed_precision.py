@@ -13,29 +13,37 @@
 
 The 2-replica runs happen in a subprocess
 (`distributed_scripts/mixed_precision_mirrored.py`) that starts with this
-module and runs beside its single-device tests.
+module and runs beside its single-device tests; they are TensorFlow's
+(`tensorflow_only`), the rest runs on JAX too.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 
 import keras
 import numpy as np
 import pytest
+from backend_neutral import tensorflow_only
 from distributed_scripts.launcher import ScriptRun
 
 from keras_sam import LookSAMModel, SAMModel
 
 
 @pytest.fixture(scope="module", autouse=True)
-def mirrored():
-    """`mirrored()`: the JSON of `mixed_precision_mirrored.py`."""
-    run = ScriptRun("mixed_precision_mirrored.py")
+def mirrored(request):
+    """`mirrored()`: the JSON of `mixed_precision_mirrored.py`, started with
+    the module if a test here needs it."""
+    wanted = any(item.module is request.module
+                 and "mirrored" in inspect.signature(item.function).parameters
+                 for item in request.session.items)
+    run = ScriptRun("mixed_precision_mirrored.py") if wanted else None
     try:
         yield lambda: run.result(timeout=900)
     finally:
-        run.stop()
+        if run is not None:
+            run.stop()
 
 
 def make_data(rows=32, seed=0):
@@ -278,6 +286,7 @@ def assert_unchanged_on_every_replica(run, names):
             assert np.array_equal(np.asarray(after), np.asarray(before)), name
 
 
+@tensorflow_only  # tf.distribute.MirroredStrategy, in a subprocess
 def test_overflow_on_one_replica_is_skipped_on_every_replica(mirrored):
     run = mirrored()["sam_float16"]
     assert run["optimizer"] == "LossScaleOptimizer"
@@ -289,6 +298,7 @@ def test_overflow_on_one_replica_is_skipped_on_every_replica(mirrored):
         assert all(np.all(np.isfinite(copy)) for copy in run["after"][name]), name
 
 
+@tensorflow_only  # tf.distribute.MirroredStrategy, in a subprocess
 def test_plain_keras_applies_another_replicas_overflow(mirrored):
     # Documents the Keras 3.15 bug SAMModel works around: the loss scaler
     # checks replica 0's gradient only, applies replica 1's inf, and the
@@ -306,6 +316,7 @@ def test_plain_keras_applies_another_replicas_overflow(mirrored):
     assert run["after"][scale] == run["before"][scale]
 
 
+@tensorflow_only  # tf.distribute.MirroredStrategy, in a subprocess
 def test_skip_nonfinite_under_mirrored_skips_on_every_replica(mirrored):
     run = mirrored()["sam_skip_nonfinite"]
     # Everything but dropout's seed and the skip counter.

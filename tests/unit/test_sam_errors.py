@@ -17,7 +17,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_neutral import ON_TENSORFLOW, tensorflow_only
 
 from keras_sam import SAMModel
 
@@ -212,13 +212,11 @@ class SubclassedBase(keras.Model):
 
 def test_a_wrong_input_structure_gives_the_plain_keras_error_for_a_subclassed_base():
     x, y = _data()
-    # Two inputs for a model that takes one.
-    dataset = tf.data.Dataset.from_tensor_slices(((x, x), y)).batch(4)
     errors = []
     for model in (SubclassedBase(), SAMModel(SubclassedBase())):
         model.compile(optimizer="sgd", loss="mse")
         with pytest.raises(Exception) as error:
-            model.fit(dataset, epochs=1, verbose=0)
+            model.fit((x, x), y, batch_size=4, epochs=1, verbose=0)  # two inputs for one
         errors.append(error.value)
     plain, sam = errors
     assert type(sam) is type(plain)
@@ -231,6 +229,8 @@ def test_a_wrong_input_structure_gives_the_plain_keras_error_for_a_subclassed_ba
 
 def _rows_mismatch_dataset():
     """Batches of 4 inputs but 3 labels, with unknown batch sizes (a generator)."""
+    import tensorflow as tf
+
     x, y = _data()
 
     def batches():
@@ -241,8 +241,11 @@ def _rows_mismatch_dataset():
     return tf.data.Dataset.from_generator(batches, output_signature=signature)
 
 
+@tensorflow_only  # batch sizes unknown until run time are TensorFlow's (JAX's are static)
 def test_num_batch_splits_refuses_batches_whose_x_and_y_rows_differ():
     """Cut into pieces, unequal x and y would broadcast and train silently."""
+    import tensorflow as tf
+
     plain = _base()
     plain.compile(optimizer="sgd", loss="mse")
     with pytest.raises(tf.errors.InvalidArgumentError, match="Incompatible shapes"):
@@ -258,27 +261,61 @@ def test_num_batch_splits_refuses_batches_whose_x_and_y_rows_differ():
         assert np.array_equal(variable.numpy(), value)
 
 
+class _OneBatch(keras.utils.PyDataset):
+    """The one batch `(x, y)`, as given."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        return self.x, self.y
+
+
 def test_num_batch_splits_refuses_known_unequal_rows_when_tracing():
+    """4 inputs and 1 label: the label would broadcast over the rows of a
+    whole batch, but cut into pieces it does not line up."""
     x, y = _data()
     model = SAMModel(_base(), num_batch_splits=2)
     model.compile(optimizer="sgd", loss="mse")
-    step = tf.function(model.train_step)
-    with pytest.raises(ValueError, match=r"4 rows in x and 3 in y"):
-        step((tf.constant(x[:4]), tf.constant(y[:3])))
+    with pytest.raises(ValueError, match=r"4 rows in x and 1 in y"):
+        if ON_TENSORFLOW:
+            import tensorflow as tf
+
+            tf.function(model.train_step)((tf.constant(x[:4]), tf.constant(y[:1])))
+        else:  # JAX traces the step with the batch's shapes
+            model.fit(_OneBatch(x[:4], y[:1]), epochs=1, verbose=0)
+
+
+def _fixed_batches(x, y, size: int) -> dict:
+    """`fit`'s data in batches of `size` rows known when the step is traced:
+    on TensorFlow a `tf.data` pipeline that drops the remainder (arrays give
+    an unknown batch size there); on JAX arrays (every shape is known)."""
+    if ON_TENSORFLOW:
+        import tensorflow as tf
+
+        batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(size, drop_remainder=True)
+        return {"x": batches}
+    return {"x": x, "y": y, "batch_size": size}
 
 
 def test_more_pieces_than_a_fixed_batch_has_rows_is_a_value_error():
     x, y = _data()
-    fixed = tf.data.Dataset.from_tensor_slices((x, y)).batch(4, drop_remainder=True)
     model = SAMModel(_base(), num_batch_splits=5)
     model.compile(optimizer="sgd", loss="mse")
     message = r"`num_batch_splits=5` needs at least 5 samples per replica batch; got a batch of 4"
     with pytest.raises(ValueError, match=message):
-        model.fit(fixed, epochs=1, verbose=0)
+        model.fit(**_fixed_batches(x, y, 4), epochs=1, verbose=0)
 
 
+@tensorflow_only  # batch sizes unknown until run time are TensorFlow's (JAX's are static)
 def test_a_short_batch_is_cut_into_one_row_pieces():
     """Batch size unknown when traced: 4 rows and 5 pieces train as 4 pieces."""
+    import tensorflow as tf
+
     x, y = _data()
     varying = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
     assert varying.element_spec[0].shape[0] is None

@@ -24,6 +24,11 @@ Usage:
 
     python benchmarks/cheap_sam_study.py --out cheap_sam.json           # both phases
     python benchmarks/cheap_sam_study.py --out cheap_sam.json --report  # the table only
+    python benchmarks/cheap_sam_study.py --out cheap_sam.json --time 3  # training times
+
+`--time ROUNDS` times the demo's methods (at the settings it trains them with)
+on seed 0: each round trains every method once, in turn; a method's time is
+the median over rounds of its training time over the base's in the same round.
 """
 
 from __future__ import annotations
@@ -240,11 +245,38 @@ def report(path: Path) -> str:
     return "\n".join(lines)
 
 
+def time_methods(rounds: int) -> str:
+    """Training time of each demo method over the base's, interleaved rounds."""
+    from keras_sam.apps import demo
+    from keras_sam.apps.data.mnist1d import load_noisy_mnist1d
+
+    names = ["base", "sam", "base-matched", "looksam", "msam", "rst", "aesam", "late"]
+    settings = demo.DemoSettings(verbose=0)
+    train, test = load_noisy_mnist1d(settings.noise, seed=0)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            started = time.perf_counter()
+            demo.train_run(name, demo.starting_weights(0), train, test, settings, 0)
+            seconds[name].append(time.perf_counter() - started)
+            print(name, f"{seconds[name][-1]:.1f}s", flush=True)
+    lines = ["| method | training time (median) | over the base's (median of rounds) |",
+             "|---|---|---|"]  # fmt: skip
+    for name in names:
+        ratios = [s / b for s, b in zip(seconds[name], seconds["base"])]
+        lines.append(f"| {name} | {np.median(seconds[name]):.1f} s | {np.median(ratios):.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the JSON file of rows")
     parser.add_argument("--report", action="store_true", help="print the tables only")
+    parser.add_argument("--time", type=int, metavar="ROUNDS", help="time the demo's methods")
     args = parser.parse_args(argv)
+    if args.time:
+        print(time_methods(args.time))
+        return 0
     if not args.report:
         run(args.out)
     print(report(args.out))

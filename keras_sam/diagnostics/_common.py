@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 import keras
 import numpy as np
 
+from keras_sam import _keras_internals as internals
 from keras_sam import _validation as check
 
 __all__ = [
@@ -271,10 +272,10 @@ def stateless_loss(model: keras.Model, x, y, sample_weight, values: Sequence, st
         mapping += list(zip(model.non_trainable_variables, state, strict=True))
     with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
         y_pred = model(x, training=False)
-        # `_compute_loss` is what `evaluate` calls: it also serves
-        # `compute_loss` overrides written before Keras 3.3 (no `training`).
-        return model._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
+        # What `evaluate` calls: it also serves `compute_loss` overrides
+        # written before Keras 3.3 (no `training`).
+        return internals.compute_loss(
+            model, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
         )
 
 

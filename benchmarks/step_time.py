@@ -183,7 +183,8 @@ class GroupTimer:
         self.model_name, self.xla, self.modes, self.args = model_name, xla, modes, args
         self.label = label or f"xla {'on' if xla else 'off'}"
         self.times = {name: [] for name in modes}
-        self.two_pass_steps = {name: 0.0 for name in modes}
+        # Per mode, the two-pass steps among each round's timed steps (None: not counted).
+        self.two_pass_steps = {name: [] for name in modes}
         self.timed_steps = 0
         self._rows_before = {}
 
@@ -217,7 +218,7 @@ class GroupTimer:
     def _count(self, name: str) -> None:
         before, after = self._rows_before[name], self.traced[name].two_pass_rows()
         if self.two_pass_steps[name] is not None:
-            self.two_pass_steps[name] += (after - before) / self.args.batch_size
+            self.two_pass_steps[name].append((after - before) / self.args.batch_size)
 
     def run_rounds(self, rounds: int, first_round: int = 0, after_round=None) -> dict:
         """Times `rounds` rounds; returns their ms/step per mode (and keeps them)."""
@@ -245,7 +246,7 @@ class GroupTimer:
 
     def finish(self) -> dict:
         """{"modes", "times" (ms/step per round), "first_epoch_s", "retraces",
-        "two_pass_steps" (None where not counted), "timed_steps"}."""
+        "two_pass_steps" (per round; None where not counted), "timed_steps"}."""
         for traced in self.traced.values():  # one more real epoch: does anything retrace?
             traced.fit(self._data[traced.backend], self.args.warmup_steps)
         retraces = {
@@ -456,27 +457,36 @@ def passes_table(groups: list[tuple[str, str, bool, dict]]) -> str:
     `groups`: (model, backend, xla, group) for each timed group. A step costs
     one forward/backward pass or two, so a mode whose timed steps took the
     second pass in a share s of them has a floor of 1 + s times the plain
-    step; "ratio / floor" is what the step costs beyond its passes (1.00: no
-    more than its passes). Modes without a count (plain, tf-keras) are left out.
+    step. "ratio / floor" is what the step costs beyond its passes (1.00: no
+    more than its passes), the median over rounds of each round's paired
+    ratio over that round's own floor (a variant that decides per step,
+    such as RST, takes a different share in each round). Modes without a
+    count (plain, tf-keras) are left out.
     """
     lines = [
         "| model | backend | xla | mode | two-pass steps timed | floor from the passes "
-        "(1 + share) | ratio vs plain (min–max) | ratio / floor |",
+        "(1 + share) | ratio vs plain (min–max) | ratio / floor, per round (min–max) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for model_name, backend, xla, group in groups:
-        summaries = summarize(group["times"], "plain")
-        total = group["timed_steps"]
-        for name, count in group["two_pass_steps"].items():
-            if count is None or total == 0:
+        times, total = group["times"], group["timed_steps"]
+        summaries = summarize(times, "plain")
+        for name, per_round in group["two_pass_steps"].items():
+            if per_round is None or total == 0:
                 continue
-            floor = 1.0 + count / total
-            ratio = summaries[name].ratio
+            over_floor = "—"
+            if "plain" in times and name != "plain" and len(per_round) == len(times[name]):
+                steps = total / len(per_round)
+                values = sorted(
+                    ratio / (1.0 + count / steps)
+                    for ratio, count in zip(paired_ratios(times[name], times["plain"]), per_round)
+                )
+                over_floor = _fmt_range(statistics.median(values), values[0], values[-1], 2)
             lines.append(
                 "| {} | {} | {} | {} | {:.0f} of {} | {:.2f} | {} | {} |".format(
-                    model_name, backend, "on" if xla else "off", MODES[name].label, count,
-                    total, floor, _fmt_summary_ratio(summaries[name]),
-                    "—" if ratio is None else f"{ratio / floor:.2f}",
+                    model_name, backend, "on" if xla else "off", MODES[name].label,
+                    sum(per_round), total, 1.0 + sum(per_round) / total,
+                    _fmt_summary_ratio(summaries[name]), over_floor,
                 )
             )
     return "\n".join(lines)

@@ -373,7 +373,7 @@ def test_jax_tables_pair_rounds_and_say_when_they_could_not():
     from benchmarks.modes import MODES
     from benchmarks.step_time import backends_table, jax_targets, passes_table
 
-    def group(times, two_pass=None, steps=10, **extra):
+    def group(times, two_pass=None, steps=12, **extra):
         return {
             "modes": {name: MODES[name] for name in times},
             "times": times,
@@ -388,7 +388,7 @@ def test_jax_tables_pair_rounds_and_say_when_they_could_not():
     # Round 2 slow for both backends: paired, JAX's SAM takes 0.9x TensorFlow's.
     jax = group(
         {"plain": [9.0, 18.0, 9.0], "sam": [18.0, 36.0, 18.9]},
-        two_pass={"plain": None, "sam": 10.0}, paired=True,
+        two_pass={"plain": None, "sam": [4.0, 3.0, 3.0]}, paired=True,
     )
     rows = _table(backends_table({("small_cnn", True): tf}, {"small_cnn": jax}), "| model |")
     assert rows[1][:7] == [
@@ -405,11 +405,13 @@ def test_jax_tables_pair_rounds_and_say_when_they_could_not():
     # No TensorFlow group with XLA: nothing to compare with.
     rows = _table(backends_table({}, {"small_cnn": jax}), "| model |")
     assert rows[1][2] == rows[1][6] == "—"
-    # 10 of 10 timed steps took two passes: floor 2.00, ratio 2.00, no cost beyond.
+    # 10 of 12 timed steps (4 a round) took two passes: floor 1.83. Each round
+    # over its own floor: 2.00 / 2.00, 2.00 / 1.75, 2.10 / 1.75.
     passes = _table(passes_table([("small_cnn", "jax", True, jax)]), "| model |")
-    assert passes == [
-        ["small_cnn", "jax", "on", "SAMModel", "10 of 10", "2.00", "2.00 (2.00–2.10)", "1.00"]
-    ]
+    assert passes == [[
+        "small_cnn", "jax", "on", "SAMModel", "10 of 12", "1.83", "2.00 (2.00–2.10)",
+        "1.14 (1.00–1.20)",
+    ]]
 
 
 @pytest.mark.slow

@@ -41,7 +41,9 @@ def test_compile_without_arguments_takes_the_task_defaults_not_none():
     "make,data", [(bert_classifier, text_data), (resnet_classifier, image_data)]
 )
 def test_fit_evaluate_predict_raw(make, data):
-    x, y = data()
+    # Batches of 8 rows throughout (24 to train, 8 to validate): on JAX each
+    # new batch shape is another XLA compilation of the task's step.
+    x, y = data(32)
     task = make()
     model = SAMModel(task, rho=0.05)
     model.compile()  # the task's defaults
@@ -57,11 +59,11 @@ def test_fit_evaluate_predict_raw(make, data):
     assert any(not np.allclose(a, w.numpy()) for a, w in zip(before, task.trainable_weights))
     p = model.predict(x[:3], verbose=0)
     np.testing.assert_allclose(p, task.predict(x[:3], verbose=0), rtol=1e-5, atol=1e-6)
-    r = model.evaluate(x, y, verbose=0, return_dict=True)
+    r = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
     assert set(r) == {"loss", "sparse_categorical_accuracy"}
-    model.train_on_batch(x[:4], y[:4])
-    model.test_on_batch(x[:4], y[:4])
-    assert model.predict_on_batch(x[:2]).shape[0] == 2
+    model.train_on_batch(x[:8], y[:8])
+    model.test_on_batch(x[:8], y[:8])
+    assert model.predict_on_batch(x[:3]).shape[0] == 3
 
 
 def test_compile_overrides_and_sample_weight_class_weight():

@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from backend_neutral import ON_TENSORFLOW
 
 from keras_sam._validation import InvalidArgumentError
 from keras_sam.models.resnet import MODEL_NAMES, ZeroPadShortcut, get_model, resnet
@@ -58,16 +59,18 @@ def wrn_count(depth, k, classes, channels=3):
     return total + bn(cin) + cin * classes + classes
 
 
-@pytest.mark.parametrize(
-    "name, paper_millions, expected",
-    [
-        ("resnet20", 0.27, resnet_count(20, 10)),
-        ("resnet56", 0.85, resnet_count(56, 10)),
-        ("wrn16_8", 11.0, wrn_count(16, 8, 10)),
-        # Building WRN-28-10 (36M weights) takes seconds; it is never trained here.
-        ("wrn28_10", 36.5, wrn_count(28, 10, 10)),
-    ],
-)
+PAPER_SIZES = [
+    ("resnet20", 0.27, resnet_count(20, 10)),
+    ("resnet56", 0.85, resnet_count(56, 10)),
+    ("wrn16_8", 11.0, wrn_count(16, 8, 10)),
+    # Building WRN-28-10 (36M weights) takes seconds; it is never trained here.
+    # On JAX (where Keras compiles each new weight shape's initializer) it
+    # takes ~5 s for nothing WRN-16-8, the same builder, does not check there.
+    *([("wrn28_10", 36.5, wrn_count(28, 10, 10))] if ON_TENSORFLOW else []),
+]
+
+
+@pytest.mark.parametrize("name, paper_millions, expected", PAPER_SIZES)
 def test_parameter_counts_match_the_papers(name, paper_millions, expected):
     model = get_model(name, num_classes=10, input_shape=(32, 32, 3))
     count = trainable_count(model)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import pytest
-from backend_neutral import numpy, value_and_gradients
+from backend_neutral import ON_TENSORFLOW, numpy, value_and_gradients
 from keras import ops, optimizers
 
 from keras_sam import SAMModel
@@ -96,10 +96,31 @@ OPTIONS = {
 }
 
 
-def fit_sam(make_optimizer, build_first: bool = False, **options) -> list[np.ndarray]:
+# Each SAM model trains with Keras's default compilation on TensorFlow (a
+# graph on the CPU). On JAX the default is XLA, one compilation of the step
+# per optimizer; every optimizer and option trains there without `jax.jit`
+# (its `stateless_apply` is the same code in the compiled step), and those
+# whose update is least like SGD's with XLA too. (XLA with SGD, momentum,
+# Nesterov and Adam against NumPy: test_sam_golden, test_variants.)
+JAX_XLA = {"Adam", "Muon", "Adafactor", "ScheduleFreeAdamW", "MultiOptimizer", "use_ema"}
+
+
+def _compile_modes(names) -> list:
+    """`(name, jit_compile)` cases: Keras's default on TensorFlow; on JAX
+    without jit, and with it for the names in JAX_XLA."""
+    if ON_TENSORFLOW:
+        return [pytest.param(name, "auto", id=name) for name in names]
+    return [pytest.param(name, False, id=f"{name}-eager") for name in names] + [
+        pytest.param(name, True, id=f"{name}-xla") for name in names if name in JAX_XLA
+    ]
+
+
+def fit_sam(
+    make_optimizer, build_first: bool = False, jit_compile="auto", **options
+) -> list[np.ndarray]:
     base = build_base()
     model = SAMModel(base, rho=RHO, **options)
-    model.compile(optimizer=make_optimizer(), loss="mse")
+    model.compile(optimizer=make_optimizer(), loss="mse", jit_compile=jit_compile)
     if build_first:
         model.optimizer.build(model.trainable_variables)
     model.fit(X, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
@@ -151,22 +172,22 @@ def max_difference(a, b) -> float:
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_sam_model_matches_eager_sam_with_every_builtin_optimizer(name):
+@pytest.mark.parametrize(("name", "jit_compile"), _compile_modes(OPTIMIZERS))
+def test_sam_model_matches_eager_sam_with_every_builtin_optimizer(name, jit_compile):
     make_optimizer = OPTIMIZERS[name]
     expected = eager_sam(make_optimizer)
-    actual = fit_sam(make_optimizer, build_first=name in BUILD_BEFORE_FIT)
+    actual = fit_sam(make_optimizer, build_first=name in BUILD_BEFORE_FIT, jit_compile=jit_compile)
     assert_weights_close(actual, expected.weights)
     # The reference is SAM: its gradients at w + ε̂ are not the clean ones.
     # (test_sam_golden shows against NumPy that SAMModel is not a plain step.)
     assert expected.gradient_change > FAR
 
 
-@pytest.mark.parametrize("name", OPTIONS)
-def test_optimizer_options_act_on_the_sam_gradient(name):
+@pytest.mark.parametrize(("name", "jit_compile"), _compile_modes(OPTIONS))
+def test_optimizer_options_act_on_the_sam_gradient(name, jit_compile):
     with_option, without_option = OPTIONS[name]
     expected = eager_sam(with_option)
-    assert_weights_close(fit_sam(with_option), expected.weights)
+    assert_weights_close(fit_sam(with_option, jit_compile=jit_compile), expected.weights)
     # The option changes the result: a clip threshold binds, decay/EMA act.
     assert max_difference(eager_sam(without_option).weights, expected.weights) > FAR
 

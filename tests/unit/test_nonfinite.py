@@ -24,6 +24,8 @@ passes that run. The rest runs on JAX too.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -152,6 +154,20 @@ def test_terminate_on_nan_lets_a_skipping_run_go_on():
     assert int(model.optimizer.iterations.numpy()) == 6 - len(BAD_STEPS)
     assert history.history["skipped_steps"] == [len(BAD_STEPS)]
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_the_skip_counter_counts_in_its_own_dtype():
+    """`skipped_steps` is an int64 counter, or int32 on JAX without 64-bit
+    mode: counting a skip asks for no dtype the backend lacks (on JAX an
+    int64 cast is truncated to int32, with a warning at every trace)."""
+    x, y = _data()
+    model = _compile(SAMModel(_base(), rho=0.1, skip_nonfinite=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = _fit(model, x, y)
+    assert history.history["skipped_steps"] == [len(BAD_STEPS)]
+    truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    assert not truncated, truncated[0]
 
 
 def test_dropout_masks_advance_over_a_skipped_step():

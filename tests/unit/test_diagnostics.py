@@ -649,8 +649,9 @@ def test_every_form_of_data_gives_the_same_numbers():
 
 def test_a_tf_data_dataset_is_read_on_every_backend():
     """tf.data stays an input format on JAX (read as NumPy), with the numbers
-    of the same batches given any other way."""
-    tf = pytest.importorskip("tensorflow")
+    of the same batches given any other way (TensorFlow is installed beside
+    every backend: it is Keras's tf.data input and KerasHub's preprocessing)."""
+    import tensorflow as tf
     model, dataset = _linear_problem(bias=True, sample_weights=True)
     pipeline = tf.data.Dataset.from_tensor_slices(dataset.arrays).batch(BATCH)
     assert sharpness(model, pipeline, rho=0.5) == sharpness(model, dataset, rho=0.5)

@@ -1,4 +1,4 @@
-"""The unit tests on JAX: each XLA program compiled once per test run.
+"""The unit tests on JAX: each XLA program compiled once per test process.
 
 A JAX step is compiled by XLA whenever a model is trained, and the unit tests
 train the same small models (and KerasHub tasks) again and again: each new
@@ -8,39 +8,33 @@ cache, keyed by that program (with the JAX version, the compile options and
 the device), gives the compiled executable back instead: the same numbers,
 without compiling again.
 
-It is used here in a fresh temporary directory per test run, deleted at its
-end, so that nothing is left behind or carried over: the first process
-creates it, and pytest-xdist's workers, started later from that process's
-environment, share it. Nothing changes on TensorFlow.
+It is used here in a fresh temporary directory per test process (each
+pytest-xdist worker its own: JAX writes its entries without a lock), deleted
+when the process ends, so that nothing is left behind or carried over to
+another run. Nothing changes on TensorFlow.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 
 import keras
 
-_SHARED = "KERAS_SAM_TEST_JAX_CACHE"
-_created = None  # the directory this process created (and deletes)
+_cache_directory = None
 
 
 def pytest_configure(config):
-    global _created
+    global _cache_directory
     if keras.backend.backend() != "jax":
         return
     import jax
 
-    directory = os.environ.get(_SHARED)
-    if directory is None or not os.path.isdir(directory):
-        directory = _created = tempfile.mkdtemp(prefix="keras_sam_jax_cache_")
-        os.environ[_SHARED] = directory
-    jax.config.update("jax_compilation_cache_dir", directory)
+    _cache_directory = tempfile.mkdtemp(prefix="keras_sam_jax_cache_")
+    jax.config.update("jax_compilation_cache_dir", _cache_directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def pytest_unconfigure(config):
-    if _created is not None:
-        shutil.rmtree(_created, ignore_errors=True)
-        os.environ.pop(_SHARED, None)
+    if _cache_directory is not None:
+        shutil.rmtree(_cache_directory, ignore_errors=True)

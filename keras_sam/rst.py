@@ -24,6 +24,13 @@ def _mix(x):
     return keras.ops.bitwise_xor(keras.ops.right_shift(x, sixteen), x)
 
 
+def _as_uint32(value):
+    """`value` modulo 2**32 as uint32 (JAX refuses a Python int out of range)."""
+    if isinstance(value, int):
+        value %= 2**32
+    return keras.ops.cast(value, "uint32")
+
+
 def uniform_draw(seed: int, step):
     """A number in [0, 1) that depends only on `seed` and `step` (float32).
 
@@ -35,8 +42,8 @@ def uniform_draw(seed: int, step):
     >>> float(uniform_draw(0, 0)) == float(uniform_draw(0, 0))
     True
     """
-    seed_hash = _mix(keras.ops.cast(seed, "uint32"))
-    mixed = _mix(seed_hash + keras.ops.cast(step, "uint32"))
+    seed_hash = _mix(_as_uint32(seed))
+    mixed = _mix(seed_hash + _as_uint32(step))
     top_bits = keras.ops.right_shift(mixed, keras.ops.cast(8, "uint32"))
     return keras.ops.cast(top_bits, "float32") * (2.0**-24)
 

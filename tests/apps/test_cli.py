@@ -118,7 +118,7 @@ def test_bad_argument_in_a_subprocess_is_one_line_and_status_2():
         (["--seed", "4294967296"], "--seed"),  # beyond NumPy's 32-bit seeds
         (["--lr", "0"], "--lr"),
         (["--batch-size", "0"], "--batch-size"),
-        (["--methods", "msam"], "--methods"),
+        (["--methods", "adam"], "--methods"),
         (["--verbose", "3"], "--verbose"),
     ],
 )

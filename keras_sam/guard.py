@@ -127,6 +127,5 @@ class GuardedStep:
         applied = self.applied
         for variable, value in zip(self.state, self.saved):
             variable.assign(keras.ops.where(applied, variable.value, value))
-        self.guard.skipped_steps.assign_add(
-            keras.ops.cast(keras.ops.logical_not(applied), "int64")
-        )
+        skipped = self.guard.skipped_steps
+        skipped.assign_add(keras.ops.cast(keras.ops.logical_not(applied), skipped.dtype))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from keras_sam import _validation as check
 from keras_sam import backend
@@ -84,7 +85,11 @@ class LookSAMModel(SAMModel):
     def takes_second_pass(self, gradients):
         if self.k == 1:
             return super().takes_second_pass(gradients)
-        full_step = keras.ops.equal(self._look_step.value % self.k, 0)
+        step = self._look_step.value
+        if self.k > np.iinfo(self._look_step.dtype).max:  # the counter never reaches k
+            full_step = keras.ops.equal(step, 0)
+        else:
+            full_step = keras.ops.equal(step % self.k, 0)
         return keras.ops.logical_and(full_step, super().takes_second_pass(gradients))
 
     def one_pass_direction(self, gradients):

@@ -285,7 +285,7 @@ class SAMModel(
             offset=self.first_pass_offset(variables), collect_state=collect_state,
         )  # fmt: skip
         gradients = frame.to_hooks(clean.gradients)
-        second_pass = any(selection.chosen_weights(self.perturb, self.base_model, variables))
+        second_pass = selection.any_chosen(self.perturb, self.base_model, variables)
         if second_pass:  # (perturbing nothing is the plain step)
             second_pass = backend.replicas().any_replica(self.takes_second_pass(gradients))
 

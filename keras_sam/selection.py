@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import keras
@@ -35,7 +36,7 @@ import keras
 from keras_sam import _keras_internals as internals
 from keras_sam._validation import InvalidArgumentError
 
-__all__ = ["GROUPS", "check_perturb", "chosen_weights"]
+__all__ = ["GROUPS", "any_chosen", "check_perturb", "chosen_weights"]
 
 
 def _normalization_layers() -> tuple[type, ...]:
@@ -81,3 +82,16 @@ def chosen_weights(perturb, base_model: keras.Model, variables) -> list[bool]:
         }
         return [id(v) in chosen for v in variables]
     return [bool(perturb(v)) for v in variables]
+
+
+def any_chosen(perturb, base_model: keras.Model, variables) -> bool:
+    """Whether ε̂ moves any of `variables`; warns when `perturb` chooses none
+    (every step is then the plain step, one pass)."""
+    chosen = any(chosen_weights(perturb, base_model, variables))
+    if not chosen and variables:
+        warnings.warn(
+            f"`perturb={perturb!r}` chooses none of the {len(variables)} trainable "
+            f"variables of {base_model.name!r}: every step is the plain step (one pass).",
+            stacklevel=2,
+        )
+    return chosen

@@ -50,6 +50,7 @@ import numpy as np
 
 from keras_sam import (
     AESAMModel,
+    FriendlySAMModel,
     LookSAMModel,
     MSAMModel,
     RandomizedSAMModel,
@@ -261,6 +262,33 @@ register_method(
         name="late",
         build=_late_sam,
         label=lambda settings: f"late SAM ({LATE_FRACTION:.0%}) + {settings.optimizer}",
+        radius=lambda settings: settings.rho,
+        adaptive=lambda settings: settings.adaptive,
+    )
+)
+
+
+register_method(
+    DemoMethod(
+        name="fsam",
+        build=lambda network, settings, plan: FriendlySAMModel(
+            network, rho=settings.rho, adaptive=settings.adaptive
+        ),
+        label=lambda settings: f"F-SAM(rho={settings.rho:g}) + {settings.optimizer}",
+        radius=lambda settings: settings.rho,
+        adaptive=lambda settings: settings.adaptive,
+    )
+)
+# SAM-ON perturbs the normalization layers' weights only. The demo's CNN has
+# none, so here it is the plain step (one pass, the base's numbers; the model
+# warns): the method is for comparing networks that have them.
+register_method(
+    DemoMethod(
+        name="sam-on",
+        build=lambda network, settings, plan: SAMModel(
+            network, rho=settings.rho, adaptive=settings.adaptive, perturb="normalization"
+        ),
+        label=lambda settings: f"SAM-ON(rho={settings.rho:g}) + {settings.optimizer}",
         radius=lambda settings: settings.rho,
         adaptive=lambda settings: settings.adaptive,
     )

@@ -259,7 +259,8 @@ def test_passes_per_step_is_what_the_steps_cost(name, monkeypatch):
 
 def test_the_registry_takes_new_methods_and_checks_them():
     assert list(METHODS) == [
-        "base", "sam", "base-matched", "looksam", "msam", "rst", "aesam", "late"
+        "base", "sam", "base-matched", "looksam", "msam", "rst", "aesam", "late", "fsam",
+        "sam-on",
     ]  # fmt: skip
     with pytest.raises(InvalidArgumentError, match="epochs_factor"):
         register_method(
@@ -293,6 +294,22 @@ def test_a_registered_method_is_trained_and_reported(tmp_path, monkeypatch, caps
     assert rows[0]["seconds_vs_base"] == 1.0 and rows[1]["seconds_vs_base"] > 0
     table = capsys.readouterr().out
     assert "passes/step" in table and "again" in table and "vs base" in table
+
+
+def test_sam_on_is_the_base_on_the_demos_cnn_and_f_sam_climbs(tmp_path):
+    """The demo's CNN has no normalization layer: SAM-ON perturbs nothing, so
+    it is the base step (one pass, the same numbers); F-SAM takes two."""
+    settings = DemoSettings(
+        methods=("base", "sam-on", "fsam"), verbose=0, epochs=2, num_samples=200,
+        hessian_iterations=2, landscape_points=3,
+    )
+    with pytest.warns(UserWarning, match="chooses none of the 8 trainable variables"):
+        rows = demo.run_demo(settings, seeds=[0], out=tmp_path)
+    base, sam_on, fsam = rows
+    assert [row["passes_per_step"] for row in rows] == [1, 1, 2]
+    assert sam_on["test_accuracy_per_epoch"] == base["test_accuracy_per_epoch"]
+    assert sam_on["train_loss"] == base["train_loss"]
+    assert fsam["train_loss"] != base["train_loss"] and fsam["rho"] == settings.rho
 
 
 def test_base_matched_has_twice_the_passes_over_the_same_batches(tmp_path):

@@ -18,6 +18,8 @@ compares with a per-replica reference.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -291,6 +293,27 @@ def test_choosing_nothing_takes_one_pass_per_step():
     PASSES.clear()
     _fit(chosen)
     assert _passes(chosen) == 2 * STEPS
+
+
+@pytest.mark.parametrize("case", list(NOTHING_CHOSEN))
+def test_choosing_nothing_warns_once_naming_perturb(case):
+    kind, perturb = NOTHING_CHOSEN[case]
+    model = _compile(SAMModel(_nothing_chosen_base(kind), rho=RHO, perturb=perturb))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(model)
+    said = [str(w.message) for w in caught if "chooses none" in str(w.message)]
+    assert len(said) >= 1
+    assert said[0].startswith(f"`perturb={perturb!r}` chooses none of the ")
+    assert "plain step (one pass)" in said[0]
+
+
+def test_choosing_some_weights_does_not_warn():
+    model = _compile(SAMModel(_nothing_chosen_base("batchnorm"), rho=RHO, perturb="normalization"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(model)
+    assert not [w for w in caught if "chooses none" in str(w.message)]
 
 
 # ---------------------------------------------------------- nested layers

@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks.timing import interleaved_rounds, summarize
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 tensorflow_only = pytest.mark.tensorflow_only
 # The smallest run of step_time.py: the tiny model, one step of each mode.
 TINY = [

@@ -2,7 +2,8 @@
 
 A process has one Keras backend, chosen when Keras is first imported. This
 test runs `tests/unit` in a process of its own with `KERAS_BACKEND=jax`,
-leaving out what needs TensorFlow itself (`tensorflow_only`), so that one
+leaving out what needs TensorFlow itself (`tensorflow_only`) and the few
+tests of backend-independent wrapper logic marked `one_backend`, so that one
 pytest command checks both backends: the same NumPy references, the same
 numbers to float32 tolerance. Its output is shown when it fails.
 """
@@ -25,7 +26,8 @@ def test_the_unit_tests_pass_on_jax():
     env.pop("PYTEST_XDIST_WORKER", None)
     command = [
         sys.executable, "-m", "pytest", str(ROOT / "tests" / "unit"),
-        "-m", "not tensorflow_only", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
+        "-m", "not tensorflow_only and not one_backend",
+        "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
     ]  # fmt: skip
     completed = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200

@@ -66,6 +66,7 @@ def test_fit_evaluate_predict_raw(make, data):
     assert model.predict_on_batch(x[:3]).shape[0] == 3
 
 
+@pytest.mark.one_backend  # the task mixin's logic; fit on JAX is tested above
 def test_compile_overrides_and_sample_weight_class_weight():
     x, y = text_data(16)
     model = SAMModel(bert_classifier())
@@ -160,6 +161,7 @@ def test_optimizer_not_shared_and_weights_layout(tmp_path):
     assert model.optimizer is not model.base_model.optimizer
 
 
+@pytest.mark.one_backend  # the task mixin's logic; fit on JAX is tested above
 def test_task_compute_loss_override_is_used():
     calls = []
 
@@ -197,6 +199,7 @@ def _pass_of(stack) -> str:
     return "clean" if "first_pass" in functions else "other"
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("variant", [GSAMModel, LookSAMModel])
 def test_variants_wrap_a_task_too(variant):
     x, y = text_data(16)

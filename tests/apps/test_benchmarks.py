@@ -286,8 +286,8 @@ def test_late_phase_mode_starts_its_sam_phase_after_any_run():
     from benchmarks.modes import LATE_PHASE_START, MODES
 
     model = MODES["sam_late"].wrap(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
-    assert float(model._rho_schedule(LATE_PHASE_START - 1)) == 0.0
-    assert float(model._rho_schedule(LATE_PHASE_START)) == pytest.approx(0.05)
+    assert float(model.rho(LATE_PHASE_START - 1)) == 0.0
+    assert float(model.rho(LATE_PHASE_START)) == pytest.approx(0.05)
 
 
 @tensorflow_only

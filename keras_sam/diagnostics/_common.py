@@ -145,6 +145,22 @@ class Batches:
         return self if batches is None else Batches(list(itertools.islice(self, batches)))
 
 
+class PyDatasetPasses:
+    """Passes over a `keras.utils.PyDataset` as Keras reads one in `fit`:
+    batches `0 .. num_batches - 1` by index, or without end if `num_batches`
+    is `None`. (Older Keras releases, 3.10 among them, give `PyDataset` no
+    `__iter__`, and Python's fallback, `__getitem__` until `IndexError`,
+    never stops on a dataset that slices arrays.)"""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __iter__(self):
+        size = self.dataset.num_batches
+        indices = itertools.count() if size is None else range(size)
+        return (self.dataset[index] for index in indices)
+
+
 def one_shot(data) -> bool:
     """Whether iterating `data` consumes it (a generator or iterator)."""
     return iter(data) is data
@@ -188,6 +204,8 @@ def dataset_of(data, *, batches: int | None, batch_size: int | None):
         # A list of input arrays is several inputs, not one stacked array.
         parts = tuple(tuple(part) if isinstance(part, list) else part for part in data)
         return implementation.from_arrays(parts, batches=batches, batch_size=batch_size)
+    if isinstance(data, keras.utils.PyDataset):
+        return implementation.from_iterable(PyDatasetPasses(data), batches=batches)
     iterable = isinstance(data, Iterable) and not isinstance(data, (str, bytes, dict))
     if not iterable or keras.ops.is_tensor(data) or isinstance(data, np.ndarray):
         raise _data_error(f"Received: data of type {type(data).__name__}.")

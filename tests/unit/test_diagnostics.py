@@ -132,7 +132,8 @@ def _quadratic(model, x, y, sample_weight=None):
 
 
 def _batches(dataset):
-    return [tuple(np.asarray(t) for t in batch) for batch in dataset]
+    """The batches of a `_Batches`, by index (as Keras reads a PyDataset)."""
+    return [tuple(np.asarray(t) for t in dataset[i]) for i in range(len(dataset))]
 
 
 def _state(model) -> list[bytes]:
@@ -632,7 +633,7 @@ def test_every_form_of_data_gives_the_same_numbers():
     forms = {  # each call gets a new generator or iterator
         "arrays": (lambda: dataset.arrays, {"batch_size": BATCH}),
         "PyDataset": (lambda: dataset, {}),
-        "generator": (lambda: (batch for batch in dataset), {}),
+        "generator": (lambda: (batch for batch in _batches(dataset)), {}),
         "iterator": (lambda: iter(_batches(dataset)), {}),
     }
     measured = {}
@@ -643,8 +644,27 @@ def test_every_form_of_data_gives_the_same_numbers():
             loss_landscape(model, data(), points=3, **options).losses.tolist(),
         )
     assert all(value == measured["arrays"] for value in measured.values()), measured
-    one = sharpness(model, (batch for batch in dataset), rho=0.5, batches=1)
+    one = sharpness(model, (batch for batch in _batches(dataset)), rho=0.5, batches=1)
     assert one == sharpness(model, _batches(dataset)[0], rho=0.5)
+
+
+class _IndexedOnly(_Batches):
+    """A PyDataset as older Keras releases have it: no `__iter__`, so Python
+    would call `__getitem__` until `IndexError`, which slicing never raises."""
+
+    def __iter__(self):
+        raise AssertionError("a PyDataset is read by index, batches 0 .. num_batches - 1")
+
+
+def test_a_pydataset_is_read_by_index_for_its_num_batches():
+    model, dataset = _linear_problem(bias=True, sample_weights=True)
+    indexed = _IndexedOnly(dataset.arrays, BATCH)
+    expected = sharpness(model, dataset.arrays, rho=0.5, batch_size=BATCH)
+    assert sharpness(model, indexed, rho=0.5) == expected
+    assert hessian_eigenvalues(model, indexed, k=1, iterations=2) == hessian_eigenvalues(
+        model, dataset.arrays, k=1, iterations=2, batch_size=BATCH
+    )
+    assert indexed.reads >= 3  # every pass starts again at batch 0
 
 
 def test_a_tf_data_dataset_is_read_on_every_backend():
@@ -743,7 +763,7 @@ def test_the_numpy_start_direction_is_tensorflows_draw():
         (lambda m, d: sharpness(m, d, batches=0), "batches"),
         (lambda m, d: sharpness(m, [d]), "data"),
         (lambda m, d: sharpness(m, np.ones((4, 5))), "data"),
-        (lambda m, d: sharpness(m, (b[0] for b in d)), "data"),  # no targets
+        (lambda m, d: sharpness(m, (b[0] for b in _batches(d))), "data"),  # no targets
         (lambda m, d: sharpness(m, 3), "data"),
         (lambda m, d: sharpness("model", d), "model"),
         (lambda m, d: SharpnessMonitor(d, every=0), "every"),

@@ -72,6 +72,16 @@ OPTIMIZERS = {
     "MultiOptimizer": multi_optimizer,
 }
 
+# Every built-in optimizer of the installed Keras (the declared range starts at
+# 3.10, which has neither ScheduleFreeAdamW nor MultiOptimizer).
+for _name in ("Lamb", "Muon", "ScheduleFreeAdamW", "MultiOptimizer"):
+    if not hasattr(optimizers, _name):
+        del OPTIMIZERS[_name]
+# Keras 3.10's Muon cannot train a plain Keras model on TensorFlow either
+# (`'ResourceVariable' object has no attribute 'path'` in its `build`).
+if ON_TENSORFLOW and keras.__version__.startswith("3.10."):
+    OPTIMIZERS.pop("Muon", None)
+
 # ScheduleFreeAdamW.build() copies the weights into its `momentum` slots. When
 # it is built inside the traced train function, as plain Keras `fit` builds it
 # too, that copy is lost: the momentum starts at zero and the first step moves

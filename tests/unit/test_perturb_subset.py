@@ -296,7 +296,7 @@ def test_choosing_nothing_takes_one_pass_per_step():
 
 
 @pytest.mark.parametrize("case", list(NOTHING_CHOSEN))
-def test_choosing_nothing_warns_once_naming_perturb(case):
+def test_choosing_nothing_warns_naming_perturb(case):
     kind, perturb = NOTHING_CHOSEN[case]
     model = _compile(SAMModel(_nothing_chosen_base(kind), rho=RHO, perturb=perturb))
     with warnings.catch_warnings(record=True) as caught:

@@ -179,9 +179,27 @@ AESAM_THRESHOLD = (1.0, -1.0)  # c_t from 1 to -1 over the run, as the paper
 LATE_FRACTION = 0.75  # SAM for the last three quarters of the steps
 
 
-def _sam(network, settings, plan, rho=None):
+def _sam(network, settings, plan, rho=None, **options):
     rho = settings.rho if rho is None else rho
-    return SAMModel(network, rho=rho, adaptive=settings.adaptive)
+    return SAMModel(network, rho=rho, adaptive=settings.adaptive, **options)
+
+
+def _in_sams_ball(name: str, build, label) -> DemoMethod:
+    """A method that climbs in SAM's ball: its rows carry the settings' rho
+    and `adaptive`."""
+    return DemoMethod(
+        name=name,
+        build=build,
+        label=label,
+        radius=lambda settings: settings.rho,
+        adaptive=lambda settings: settings.adaptive,
+    )
+
+
+def _late_sam(network, settings, plan):
+    """SAM for the last `LATE_FRACTION` of the base's steps, plain steps before."""
+    start = round(plan.total_steps * (1 - LATE_FRACTION))
+    return _sam(network, settings, plan, rho=schedules.LatePhase(settings.rho, start))
 
 
 register_method(
@@ -191,15 +209,7 @@ register_method(
         label=lambda settings: settings.optimizer,
     )
 )
-register_method(
-    DemoMethod(
-        name="sam",
-        build=_sam,
-        label=_sam_label,
-        radius=lambda settings: settings.rho,
-        adaptive=lambda settings: settings.adaptive,
-    )
-)
+register_method(_in_sams_ball("sam", _sam, _sam_label))
 register_method(
     DemoMethod(
         name="base-matched",
@@ -209,14 +219,12 @@ register_method(
     )
 )
 register_method(
-    DemoMethod(
-        name="looksam",
-        build=lambda network, settings, plan: LookSAMModel(
+    _in_sams_ball(
+        "looksam",
+        lambda network, settings, plan: LookSAMModel(
             network, rho=settings.rho, adaptive=settings.adaptive, **LOOKSAM
         ),
-        label=lambda settings: f"LookSAM(k={LOOKSAM['k']}) + {settings.optimizer}",
-        radius=lambda settings: settings.rho,
-        adaptive=lambda settings: settings.adaptive,
+        lambda settings: f"LookSAM(k={LOOKSAM['k']}) + {settings.optimizer}",
     )
 )
 register_method(
@@ -228,69 +236,49 @@ register_method(
     )
 )
 register_method(
-    DemoMethod(
-        name="rst",
-        build=lambda network, settings, plan: RandomizedSAMModel(
+    _in_sams_ball(
+        "rst",
+        lambda network, settings, plan: RandomizedSAMModel(
             network, rho=settings.rho, adaptive=settings.adaptive,
             probability=RST_PROBABILITY, seed=plan.seed,
         ),  # fmt: skip
-        label=lambda settings: f"RST(p={RST_PROBABILITY:g}) + {settings.optimizer}",
-        radius=lambda settings: settings.rho,
-        adaptive=lambda settings: settings.adaptive,
+        lambda settings: f"RST(p={RST_PROBABILITY:g}) + {settings.optimizer}",
     )
 )
 register_method(
-    DemoMethod(
-        name="aesam",
-        build=lambda network, settings, plan: AESAMModel(
+    _in_sams_ball(
+        "aesam",
+        lambda network, settings, plan: AESAMModel(
             network, rho=settings.rho, adaptive=settings.adaptive,
             threshold=schedules.Linear(*AESAM_THRESHOLD, plan.total_steps),
         ),  # fmt: skip
-        label=lambda settings: f"AE-SAM + {settings.optimizer}",
-        radius=lambda settings: settings.rho,
-        adaptive=lambda settings: settings.adaptive,
+        lambda settings: f"AE-SAM + {settings.optimizer}",
     )
 )
-def _late_sam(network, settings, plan):
-    """SAM for the last `LATE_FRACTION` of the base's steps, plain steps before."""
-    start = round(plan.total_steps * (1 - LATE_FRACTION))
-    return _sam(network, settings, plan, rho=schedules.LatePhase(settings.rho, start))
-
-
 register_method(
-    DemoMethod(
-        name="late",
-        build=_late_sam,
-        label=lambda settings: f"late SAM ({LATE_FRACTION:.0%}) + {settings.optimizer}",
-        radius=lambda settings: settings.rho,
-        adaptive=lambda settings: settings.adaptive,
+    _in_sams_ball(
+        "late",
+        _late_sam,
+        lambda settings: f"late SAM ({LATE_FRACTION:.0%}) + {settings.optimizer}",
     )
 )
-
-
 register_method(
-    DemoMethod(
-        name="fsam",
-        build=lambda network, settings, plan: FriendlySAMModel(
+    _in_sams_ball(
+        "fsam",
+        lambda network, settings, plan: FriendlySAMModel(
             network, rho=settings.rho, adaptive=settings.adaptive
         ),
-        label=lambda settings: f"F-SAM(rho={settings.rho:g}) + {settings.optimizer}",
-        radius=lambda settings: settings.rho,
-        adaptive=lambda settings: settings.adaptive,
+        lambda settings: f"F-SAM(rho={settings.rho:g}) + {settings.optimizer}",
     )
 )
 # SAM-ON perturbs the normalization layers' weights only. The demo's CNN has
 # none, so here it is the plain step (one pass, the base's numbers; the model
 # warns): the method is for comparing networks that have them.
 register_method(
-    DemoMethod(
-        name="sam-on",
-        build=lambda network, settings, plan: SAMModel(
-            network, rho=settings.rho, adaptive=settings.adaptive, perturb="normalization"
-        ),
-        label=lambda settings: f"SAM-ON(rho={settings.rho:g}) + {settings.optimizer}",
-        radius=lambda settings: settings.rho,
-        adaptive=lambda settings: settings.adaptive,
+    _in_sams_ball(
+        "sam-on",
+        lambda network, settings, plan: _sam(network, settings, plan, perturb="normalization"),
+        lambda settings: f"SAM-ON(rho={settings.rho:g}) + {settings.optimizer}",
     )
 )
 
@@ -304,13 +292,7 @@ def passes_per_step(history: dict, method: DemoMethod) -> float:
     equal steps, so the mean over epochs is the run's share; `base-matched`
     runs `epochs_factor` times the base's steps.
     """
-    if "sam_steps" in history:
-        per_step = 1.0 + float(np.mean(history["sam_steps"]))
-    elif "sharpness" in history:
-        per_step = 2.0
-    else:
-        per_step = 1.0
-    return per_step * method.epochs_factor
+    return float(np.mean(_passes_per_epoch(history))) * method.epochs_factor
 
 
 def _passes_per_epoch(history: dict) -> list[float]:
